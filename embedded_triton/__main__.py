@@ -1,0 +1,3 @@
+from embedded_triton.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""``python -m embedded_triton``: serve a model repository with a real Triton on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import logging
+from pathlib import Path
+
+from embedded_triton.repository import CpuOptions, RepositoryError
+from embedded_triton.server import EmbeddedTriton, TritonPorts, main_loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = TritonPorts()
+    p = argparse.ArgumentParser(prog="python -m embedded_triton", description=__doc__)
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--work-dir", type=Path, default=Path("build/triton"), help="derived repository and log")
+    p.add_argument("--venv", type=Path, default=Path(".venv-triton"), help="environment with nvidia-pytriton")
+    p.add_argument("--host", default="127.0.0.1", help="address the three endpoints bind")
+    p.add_argument("--grpc-port", type=int, default=d.grpc)
+    p.add_argument("--http-port", type=int, default=d.http)
+    p.add_argument("--metrics-port", type=int, default=d.metrics)
+    p.add_argument("--instances", type=int, default=1, help="model instances per model (default: %(default)s)")
+    p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per instance, 0 = all cores")
+    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--log-verbose", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = EmbeddedTriton(
+        model_repository=args.model_repository,
+        work_dir=args.work_dir,
+        venv=args.venv,
+        ports=TritonPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port),
+        host=args.host,
+        cpu=CpuOptions(instance_count=args.instances, intra_op_threads=args.intra_op_threads),
+        log_verbose=args.log_verbose,
+    )
+    try:
+        return main_loop(server, args.ready_timeout)
+    except RepositoryError as e:
+        print(f"embedded triton: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,85 @@
+"""Derive the embedded (CPU, python backend) repository from the committed one.
+
+For every model directory with a ``config.pbtxt``:
+- the config is parsed and rewritten: ``backend: "python"``, ``KIND_CPU``
+  instances, onnxruntime parameters; names, tensors, ``max_batch_size``,
+  ``dynamic_batching``, warm-up and label files are kept as committed;
+- each version directory links its ``model.onnx`` and gets the generic
+  ``model.py`` (``embedded_triton/onnx_model.py``);
+- label files are linked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+ONNX_MODEL_PY = Path(__file__).with_name("onnx_model.py")
+
+
+class RepositoryError(Exception):
+    """The committed repository cannot be served by the embedded server."""
+
+
+@dataclass(frozen=True)
+class CpuOptions:
+    instance_count: int = 1
+    intra_op_threads: int = 0  # 0: onnxruntime picks (all cores)
+
+
+def derive_config(cfg: mc.ModelConfig, options: CpuOptions) -> mc.ModelConfig:
+    out = mc.ModelConfig()
+    out.CopyFrom(cfg)
+    if cfg.platform not in ("onnxruntime_onnx", "") and cfg.backend not in ("onnxruntime", ""):
+        raise RepositoryError(f"{cfg.name}: the embedded server runs ONNX models only (platform {cfg.platform!r})")
+    out.platform = ""
+    out.backend = "python"
+    del out.instance_group[:]
+    out.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instance_count)
+    out.ClearField("optimization")  # GPU accelerators (TensorRT, ...) do not apply
+    out.parameters["onnx_file"].string_value = cfg.default_model_filename or "model.onnx"
+    out.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
+    return out
+
+
+def build(source: Path, target: Path, options: CpuOptions) -> list[str]:
+    """(Re)create ``target`` from ``source``; return the model names."""
+    source = source.resolve()
+    if not source.is_dir():
+        raise RepositoryError(f"model repository {source} does not exist")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    names: list[str] = []
+    for model_dir in sorted(p for p in source.iterdir() if (p / "config.pbtxt").is_file()):
+        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+        name = cfg.name or model_dir.name
+        derived = derive_config(cfg, options)
+        filename = derived.parameters["onnx_file"].string_value
+        out_dir = target / model_dir.name
+        out_dir.mkdir()
+        versions = [v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and (v / filename).is_file()]
+        if not versions:
+            raise RepositoryError(
+                f"{model_dir}: no exported version (expected {model_dir}/1/{filename}); run `python -m export {name}`"
+            )
+        for v in versions:
+            (out_dir / v.name).mkdir()
+            (out_dir / v.name / filename).symlink_to(v / filename)
+            shutil.copyfile(ONNX_MODEL_PY, out_dir / v.name / "model.py")
+        for label_file in {t.label_filename for t in cfg.output if t.label_filename}:
+            if not (model_dir / label_file).is_file():
+                raise RepositoryError(f"{model_dir}: label file {label_file} is missing")
+            (out_dir / label_file).symlink_to(model_dir / label_file)
+        (out_dir / "config.pbtxt").write_text(
+            f"# Derived from {model_dir / 'config.pbtxt'} by embedded_triton; do not edit.\n"
+            + text_format.MessageToString(derived)
+        )
+        names.append(name)
+    if not names:
+        raise RepositoryError(f"{source} holds no model (no */config.pbtxt)")
+    return names

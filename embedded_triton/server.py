@@ -1,0 +1,257 @@
+"""Start, wait for, and stop a real ``tritonserver`` process.
+
+``stop()`` is idempotent and registered with ``atexit``; the server runs in its own
+process group (so its python-backend stubs go with it) and receives SIGTERM if
+the process that started it dies (``PR_SET_PDEATHSIG``).  Nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from embedded_triton import repository
+from embedded_triton.repository import CpuOptions
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PROBE = r"""
+import json, sys, sysconfig, pathlib, pytriton
+print(json.dumps({
+        "libdir": sysconfig.get_config_var("LIBDIR"),
+    "ldlibrary": sysconfig.get_config_var("LDLIBRARY") or "",
+    "version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    "pytriton": str(pathlib.Path(pytriton.__file__).parent),
+}))
+"""
+
+
+class TritonStartError(RuntimeError):
+    """The server could not be started or did not become ready."""
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    grpc: int = 8001
+    http: int = 8003
+    metrics: int = 8002
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel's ``tritonserver`` lives, and the Python its stub embeds."""
+
+    server: Path
+    backends: Path
+    bin_dir: str  # the environment's bin/: first on PATH, it makes the stub's embedded Python that venv
+    libdir: str  # the directory of the interpreter's libpython, first on LD_LIBRARY_PATH
+
+    @classmethod
+    def discover(cls, venv: Path) -> TritonInstall:
+        python = venv / "bin" / "python"
+        if not python.exists():
+            raise TritonStartError(f"no Python environment at {venv}; run `make setup`")
+        try:
+            out = subprocess.run([str(python), "-c", _PROBE], check=True, capture_output=True, text=True, timeout=60)
+        except subprocess.CalledProcessError as e:
+            raise TritonStartError(f"{venv} lacks nvidia-pytriton: {e.stderr.strip()[-500:]}") from e
+        info = json.loads(out.stdout)
+        root = Path(info["pytriton"]) / "tritonserver"
+        backends = root / "backends"
+        stub = backends / "python" / "triton_python_backend_stub"
+        wanted = root / "python_backend_stubs" / info["version"] / "triton_python_backend_stub"
+        if not wanted.exists():
+            raise TritonStartError(f"nvidia-pytriton ships no python backend stub for Python {info['version']}")
+        if not stub.exists() or stub.stat().st_size != wanted.stat().st_size:
+            shutil.copy2(wanted, stub)  # the backend looks for its stub beside libtriton_python.so
+        libpython = Path(info["libdir"]) / f"libpython{info['version']}.so.1.0"
+        if not libpython.exists():
+            raise TritonStartError(
+                f"{libpython} not found: the python backend stub needs a shared libpython "
+                "(build Python with --enable-shared, as pyenv's default builds on this project's machines are)"
+            )
+        return cls(server=root / "bin" / "tritonserver", backends=backends, bin_dir=str(venv / "bin"), libdir=info["libdir"])
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class EmbeddedTriton:
+    model_repository: Path
+    work_dir: Path
+    venv: Path = Path(".venv-triton")
+    ports: TritonPorts = field(default_factory=TritonPorts)
+    host: str = "127.0.0.1"
+    cpu: CpuOptions = field(default_factory=CpuOptions)
+    log_verbose: int = 0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.ports.http}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.metrics}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "tritonserver.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            str(install.server),
+            f"--model-repository={self.work_dir / 'repository'}",
+            f"--backend-directory={install.backends}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--http-address={self.host}",
+            f"--http-port={self.ports.http}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=true",
+            "--strict-model-config=true",
+            "--disable-auto-complete-config",
+            "--exit-timeout-secs=5",
+            f"--log-verbose={self.log_verbose}",
+            # One stub shm region holds a whole batch (32 x 150 KB in, 2 x 32 x 4 KB out) without growth.
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--backend-config=python,shm-growth-byte-size=8388608",
+        ]
+
+    def start(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                return
+            install = TritonInstall.discover(self.venv.resolve())
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            models = repository.build(self.model_repository, self.work_dir / "repository", self.cpu)
+            env = dict(os.environ)
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (install.libdir, env.get("LD_LIBRARY_PATH")) if p)
+            # The stub's embedded interpreter ignores PYTHONPATH, but it finds its prefix through
+            # `python3` on PATH: the venv's comes first, so its site-packages (numpy<2, onnxruntime)
+            # are used and the system's are not.
+            env["PATH"] = os.pathsep.join(p for p in (install.bin_dir, env.get("PATH")) if p)
+            for var in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV"):
+                env.pop(var, None)
+            cmd = self.command(install)
+            log.info("starting tritonserver (models: %s): %s", ", ".join(models), " ".join(cmd))
+            with self.log_path.open("ab") as out:
+                self._proc = subprocess.Popen(
+                    cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
+                )
+            atexit.register(self.stop)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                code = None if self._proc is None else self._proc.returncode
+                raise TritonStartError(f"tritonserver exited (code {code}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback URL we built
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TritonStartError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left. Safe to call twice."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        pgid = proc.pid  # start_new_session: the server leads its own group
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit after %s; escalating", sig.name)
+        # The stubs are in the same group: sweep anything that outlived the server.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> EmbeddedTriton:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main_loop(server: EmbeddedTriton, ready_timeout: float) -> int:
+    """Run until SIGINT/SIGTERM or the server dies; always stop it."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+        server.wait_ready(ready_timeout)
+        print(
+            f"triton ready: grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}  "
+            f"(log: {server.log_path})",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            proc = server._proc
+            if proc is None or proc.poll() is not None:
+                print(f"tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+        return 0
+    except TritonStartError as e:
+        print(f"embedded triton failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""Export torchvision models into a Triton model repository (ONNX, dynamic batch)."""

@@ -1,0 +1,113 @@
+"""MobileNetV3-Small (ImageNet top-k) as a uint8-in, logits/probabilities-out graph.
+
+The ImageNet normalization of torchvision's preset (x/255, minus mean, divided by
+std) is folded into the graph, so clients send the resized, center-cropped uint8
+pixels: four times fewer bytes on the wire than float32, and the exact float ops
+torchvision runs happen inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.models import MobileNet_V3_Small_Weights
+
+from export.errors import WeightsUnavailable
+from export.weights import load_checkpoint, load_pretrained
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class NormalizedClassifier(nn.Module):
+    """Tensor-in wrapper: ``[B, 3, H, W]`` uint8 (or already normalized float32) in,
+    ``logits [B, C]`` and ``probabilities [B, C]`` out."""
+
+    def __init__(self, model: nn.Module, *, normalize: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images
+        if self.normalize:
+            # The same ops, in the same order, as torchvision's ImageClassification preset.
+            x = x.to(torch.float32).div(255.0).sub(self.mean).div(self.std)
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+@dataclass(frozen=True)
+class BuiltClassifier:
+    module: NormalizedClassifier
+    labels: list[str]
+    weights_desc: str
+
+
+def build_mobilenet_v3_small(
+    weights: str, *, labels_file: Path | None = None, seed: int = 0, normalize: bool = True
+) -> BuiltClassifier:
+    """Build the eval-mode wrapper from ``default``, ``random`` or a checkpoint path."""
+    preset = MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    labels = list(preset.meta["categories"])  # shipped with torchvision: no download
+    if weights == "default":
+        model = models.mobilenet_v3_small(weights=None)
+        model.load_state_dict(load_pretrained(preset, model_name="mobilenet_v3_small"))
+        desc = str(preset)
+    elif weights == "random":
+        torch.manual_seed(seed)
+        model = models.mobilenet_v3_small(weights=None)
+        desc = f"random (seed {seed})"
+    else:
+        path = Path(weights)
+        state = load_checkpoint(path)
+        head = state.get("classifier.3.weight")
+        if head is None:
+            raise WeightsUnavailable(f"--weights {path}: not a MobileNetV3-Small state dict (no classifier.3.weight)")
+        num_classes = int(head.shape[0])
+        model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsUnavailable(f"--weights {path}: does not fit MobileNetV3-Small: {e}") from e
+        if labels_file is not None:
+            labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        if len(labels) != num_classes:
+            raise WeightsUnavailable(
+                f"--weights {path} has {num_classes} classes but {len(labels)} labels; pass --labels FILE "
+                "with one class name per line"
+            )
+        desc = f"checkpoint {path}"
+    if labels_file is not None and weights in ("default", "random"):
+        raise WeightsUnavailable("--labels only applies to a checkpoint (--weights PATH)")
+    model.eval()
+    return BuiltClassifier(NormalizedClassifier(model, normalize=normalize).eval(), labels, desc)
+
+
+def export_onnx(module: nn.Module, path: Path, *, input_shape: tuple[int, int, int], dtype: torch.dtype) -> None:
+    """Export with a dynamic batch axis; written to a temp file and renamed, never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    dummy = torch.zeros((2, *input_shape), dtype=dtype)
+    dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    tmp.replace(path)

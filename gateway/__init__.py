@@ -1,0 +1,1 @@
+"""stream-ml gateway: ingest, preprocessing, Triton client, fan-out and HTTP API."""

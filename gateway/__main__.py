@@ -1,0 +1,34 @@
+"""``python -m gateway``: load the settings (fail fast), then serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+from gateway.main import create_app
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    level = settings.server.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP API: routes, dependencies, upload parsing and the one error mapping."""

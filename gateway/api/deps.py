@@ -1,0 +1,31 @@
+"""Typed dependencies: routes receive the lifespan's objects, never globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.config import Settings
+from gateway.inference import TritonClient
+from gateway.predictor import Predictor
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_client(request: Request) -> TritonClient:
+    client: TritonClient = request.app.state.triton
+    return client
+
+
+def get_predictor(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[TritonClient, Depends(get_client)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]

@@ -1,0 +1,154 @@
+"""Read an image upload as it streams in, and stop as soon as it is too large.
+
+Starlette's form parsing spools whole files before a route sees them; this reads
+``request.stream()`` through python-multipart's incremental parser instead, so an
+oversized upload costs at most ``max_bytes`` of memory and is answered 413 at once
+(immediately, when ``Content-Length`` already says it is too large).
+
+Accepted bodies: ``multipart/form-data`` with an ``image`` file field (and small
+text fields such as ``top_k``), or a raw ``image/*`` body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+IMAGE_FIELD = "image"
+MAX_FIELD_BYTES = 1024
+MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and small fields around the image
+
+
+@dataclass
+class Upload:
+    data: bytes
+    content_type: str | None
+    filename: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload exceeds the limit of {max_bytes} bytes")
+
+
+class _MultipartCollector:
+    """python-multipart callbacks that keep the image part and small text fields."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.image: bytearray | None = None
+        self.image_type: str | None = None
+        self.filename: str | None = None
+        self.fields: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
+        self._hname = bytearray()
+        self._hvalue = bytearray()
+        self._name: str | None = None
+        self._is_image = False
+        self._buf = bytearray()
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._buf = bytearray()
+        self._name = None
+        self._is_image = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hname += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hvalue += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[bytes(self._hname).lower()] = bytes(self._hvalue)
+        self._hname = bytearray()
+        self._hvalue = bytearray()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name")
+        self._name = name.decode("utf-8", "replace") if name is not None else None
+        self._is_image = self._name == IMAGE_FIELD and self.image is None
+        if self._is_image:
+            ctype = self._headers.get(b"content-type")
+            self.image_type = ctype.decode("latin-1").strip() if ctype else None
+            fname = params.get(b"filename")
+            self.filename = fname.decode("utf-8", "replace") if fname is not None else None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._buf += data[start:end]
+        limit = self.max_bytes if self._is_image else MAX_FIELD_BYTES
+        if len(self._buf) > limit:
+            if self._is_image:
+                raise _too_large(self.max_bytes)
+            raise BadRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self._is_image:
+            self.image = self._buf
+        elif self._name is not None and self._name != IMAGE_FIELD:
+            self.fields[self._name] = self._buf.decode("utf-8", "replace").strip()
+        self._buf = bytearray()
+
+
+async def read_image_upload(request: Request, *, max_bytes: int) -> Upload:
+    ctype_raw = request.headers.get("content-type", "")
+    ctype, params = parse_options_header(ctype_raw)
+    media = ctype.decode("latin-1").lower()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        slack = MULTIPART_SLACK if media == "multipart/form-data" else 0
+        if int(declared) > max_bytes + slack:
+            raise _too_large(max_bytes)
+
+    if media.startswith("image/"):
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise _too_large(max_bytes)
+        return Upload(bytes(body), media, None)
+
+    if media != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"send multipart/form-data with an {IMAGE_FIELD!r} file field, or a raw image body (got {media or 'no type'!r})"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    collector = _MultipartCollector(max_bytes)
+    parser = MultipartParser(boundary, callbacks=_callbacks(collector))  # type: ignore[arg-type]
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes + MULTIPART_SLACK:
+            raise _too_large(max_bytes)
+        try:
+            parser.write(chunk)
+        except (PayloadTooLarge, BadRequest):
+            raise
+        except Exception as e:  # noqa: BLE001 - python-multipart raises its own parse errors
+            raise BadRequest(f"malformed multipart body: {e}") from e
+    try:
+        parser.finalize()
+    except Exception as e:  # noqa: BLE001
+        raise BadRequest(f"malformed multipart body: {e}") from e
+    if collector.image is None:
+        raise BadRequest(f"the form has no {IMAGE_FIELD!r} file field")
+    return Upload(bytes(collector.image), collector.image_type, collector.filename, collector.fields)
+
+
+def _callbacks(c: _MultipartCollector) -> dict[str, object]:
+    return {
+        "on_part_begin": c.on_part_begin,
+        "on_part_data": c.on_part_data,
+        "on_part_end": c.on_part_end,
+        "on_header_field": c.on_header_field,
+        "on_header_value": c.on_header_value,
+        "on_header_end": c.on_header_end,
+        "on_headers_finished": c.on_headers_finished,
+    }

@@ -1,0 +1,143 @@
+"""The one typed settings object: YAML file (path in ``APP_CONFIG``) + ``APP_*`` env.
+
+Precedence, highest first: ``APP_*`` environment variables (nested fields with a
+double underscore, e.g. ``APP_TRITON__URL``), the YAML file, the defaults below.
+Unknown keys and invalid values stop start-up with the field's name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from gateway.errors import ConfigError
+
+CONFIG_ENV = "APP_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TritonSettings(_Section):
+    url: str = Field("localhost:8001", description="Triton gRPC endpoint, host:port.")
+    request_timeout_s: float = Field(
+        2.0, gt=0, le=120, description="Deadline of one inference call; past it /predict answers 503."
+    )
+    startup_timeout_s: float = Field(
+        30.0, ge=0, le=600, description="How long start-up waits for Triton and the models; the gateway starts "
+        "anyway after it (not ready, 503) and keeps retrying."
+    )
+    health_timeout_s: float = Field(1.0, gt=0, le=30, description="Deadline of each readiness probe call.")
+    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After header sent with 503 answers.")
+    max_reconnect_backoff_s: float = Field(
+        2.0, gt=0, le=120, description="Cap on gRPC's reconnect backoff, so recovery after a Triton restart is quick."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port (gRPC, no scheme), got {v!r}")
+        return v
+
+
+class UploadSettings(_Section):
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted image upload, in bytes (413 above).")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, width x height (413 above).")
+    allowed_types: tuple[Literal["image/jpeg", "image/png", "image/webp"], ...] = Field(
+        ("image/jpeg", "image/png", "image/webp"), min_length=1, description="Accepted image formats (415 otherwise)."
+    )
+
+
+class PreprocessSettings(_Section):
+    resize_size: int = Field(
+        256, ge=1, description="Shorter side after resizing, before the center crop to the model's input size "
+        "(torchvision's MobileNetV3 preset: 256 then 224)."
+    )
+    mean: tuple[float, float, float] = Field(
+        (0.485, 0.456, 0.406), description="Normalization mean, used only for models that take float32 input."
+    )
+    std: tuple[float, float, float] = Field(
+        (0.229, 0.224, 0.225), description="Normalization std, used only for models that take float32 input."
+    )
+    workers: int = Field(2, ge=1, le=64, description="Threads that decode and preprocess off the event loop.")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std value must be > 0")
+        return v
+
+
+class ServerSettings(_Section):
+    host: str = Field("0.0.0.0", description="Address the gateway listens on.")  # noqa: S104 - a server
+    port: int = Field(8000, ge=0, lt=65536, description="Port the gateway listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="APP_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+    )
+
+    model: str = Field("mobilenet_v3_small", min_length=1, description="Triton model that /predict uses by default.")
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Where Triton runs the model; /health/ready reports a model whose instances run elsewhere."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Default number of classes returned per prediction.")
+    frame_width: int = Field(640, ge=16, le=7680, description="Width frames are resized to after ingest (streams).")
+    frame_height: int = Field(360, ge=16, le=4320, description="Height frames are resized to after ingest (streams).")
+    frame_sample_fps: float = Field(2.0, gt=0, le=120, description="Frames per second sampled from each stream.")
+    cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
+    triton: TritonSettings = Field(default_factory=TritonSettings)  # type: ignore[arg-type]
+    upload: UploadSettings = Field(default_factory=UploadSettings)  # type: ignore[arg-type]
+    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(path)))
+        return tuple(sources)
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        env = "APP_" + "__".join(str(p) for p in err["loc"]).upper()
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {field}: {err['msg']}{shown}  [YAML key {field!r} or env {env}]")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise ConfigError naming every bad field."""
+    path = os.environ.get(CONFIG_ENV)
+    if path and not Path(path).is_file():
+        raise ConfigError(f"invalid configuration: {CONFIG_ENV}={path}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        source = f" (from {CONFIG_ENV}={path} and APP_* env)" if path else " (from APP_* env)"
+        raise ConfigError(f"invalid configuration{source}:\n{_describe(e)}") from e
+    except (OSError, ValueError) as e:  # unreadable or malformed YAML
+        raise ConfigError(f"invalid configuration: cannot read {CONFIG_ENV}={path}: {e}") from e

@@ -1,0 +1,67 @@
+"""The gateway's error hierarchy.  Routes and services raise these; one place
+(``gateway.api.errors``) maps them to HTTP answers."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: ``status`` and ``code`` say how the API answers."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(GatewayError):
+    """Invalid settings: start-up stops with this message."""
+
+    code = "invalid_config"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class BadImage(BadRequest):
+    """Not an image, truncated, empty, or undecodable."""
+
+    code = "bad_image"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    code = "model_not_found"
+
+
+class InferenceUnavailable(GatewayError):
+    """Triton is down, unreachable or the model is not ready: retry later."""
+
+    status = 503
+    code = "inference_unavailable"
+
+
+class InferenceTimeout(InferenceUnavailable):
+    """Triton did not answer within the deadline."""
+
+    code = "inference_timeout"
+
+
+class InferenceFailed(GatewayError):
+    """Triton answered with an error that retrying will not fix."""
+
+    status = 502
+    code = "inference_failed"

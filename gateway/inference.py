@@ -1,0 +1,208 @@
+"""The Triton client: the only module that imports tritonclient.
+
+``TritonClient`` owns one ``tritonclient.grpc.aio`` channel for the life of the
+app.  Every call has a deadline, and tritonclient's errors become the gateway's
+own (``InferenceUnavailable``, ``InferenceTimeout``, ``InferenceFailed``,
+``ModelNotFound``), always ``raise ... from``.  Model facts (input name, shape,
+dtype, output, labels) are read from Triton's metadata and config, not hard-coded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from gateway.config import TritonSettings
+from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelNotFound
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROBABILITIES = "probabilities"
+_NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
+
+
+@dataclass(frozen=True)
+class Classification:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the gateway needs to feed a classifier, read from Triton."""
+
+    name: str
+    version: str
+    input_name: str
+    input_datatype: str  # Triton name: UINT8, FP32
+    input_shape: tuple[int, int, int]  # C, H, W, without the batch axis
+    output_name: str
+    num_classes: int
+    max_batch_size: int
+    instance_kinds: tuple[str, ...]
+
+    @property
+    def input_dtype(self) -> type[np.generic]:
+        return _NUMPY[self.input_datatype]
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        return self.input_shape[1], self.input_shape[2]
+
+
+class TritonClient:
+    """One gRPC channel to Triton, created in the lifespan and closed in reverse order."""
+
+    def __init__(self, settings: TritonSettings) -> None:
+        self._settings = settings
+        self._client: grpcaio.InferenceServerClient | None = None
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        backoff_ms = int(self._settings.max_reconnect_backoff_s * 1000)
+        self._client = grpcaio.InferenceServerClient(
+            self._settings.url,
+            channel_args=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                # Reconnect quickly once Triton is back (gRPC's default backoff grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
+                ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
+                ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            ],
+        )
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def _c(self) -> grpcaio.InferenceServerClient:
+        if self._client is None:
+            raise InferenceUnavailable("the Triton client is not started")
+        return self._client
+
+    async def _call(self, call: Awaitable[T], what: str, timeout: float) -> T:
+        try:
+            # gRPC enforces client_timeout; wait_for is the backstop for a wedged channel.
+            return await asyncio.wait_for(call, timeout + 0.5)
+        except TimeoutError as e:
+            raise InferenceTimeout(f"Triton did not answer {what} within {timeout:g}s") from e
+        except InferenceServerException as e:
+            raise _translate(e, what) from e
+
+    async def server_ready(self) -> bool:
+        t = self._settings.health_timeout_s
+        try:
+            return bool(await self._call(self._c.is_server_ready(client_timeout=t), "server ready", t))
+        except InferenceUnavailable:
+            return False
+
+    async def model_ready(self, name: str) -> bool:
+        t = self._settings.health_timeout_s
+        try:
+            return bool(await self._call(self._c.is_model_ready(name, client_timeout=t), f"{name} ready", t))
+        except (InferenceUnavailable, ModelNotFound, InferenceFailed):
+            return False
+
+    async def wait_ready(self, names: list[str], timeout: float) -> bool:
+        """Poll until the server and every model are ready, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if await self.server_ready() and all([await self.model_ready(n) for n in names]):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+
+    async def model_info(self, name: str) -> ModelInfo:
+        t = self._settings.request_timeout_s
+        meta = await self._call(self._c.get_model_metadata(name, client_timeout=t), f"metadata of {name}", t)
+        cfg = (await self._call(self._c.get_model_config(name, client_timeout=t), f"config of {name}", t)).config
+        if len(meta.inputs) != 1:
+            raise InferenceFailed(f"model {name} has {len(meta.inputs)} inputs; a classifier takes one image tensor")
+        inp = meta.inputs[0]
+        shape = tuple(int(d) for d in inp.shape)
+        if cfg.max_batch_size > 0:
+            shape = shape[1:]  # drop the batch axis (-1)
+        if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0 or inp.datatype not in _NUMPY:
+            raise InferenceFailed(f"model {name}: input {inp.name} {inp.datatype}{list(inp.shape)} is not [3,H,W] image")
+        outputs = {o.name: o for o in meta.outputs}
+        if PROBABILITIES not in outputs:
+            raise InferenceFailed(f"model {name} has no {PROBABILITIES!r} output (outputs: {sorted(outputs)})")
+        labelled = {o.name for o in cfg.output if o.label_filename}
+        if PROBABILITIES not in labelled:
+            raise InferenceFailed(f"model {name}: output {PROBABILITIES!r} has no label_filename in its config")
+        kinds = tuple(
+            grpcclient.model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind).removeprefix("KIND_")
+            for g in cfg.instance_group
+        )
+        return ModelInfo(
+            name=name,
+            version=str(meta.versions[-1]) if meta.versions else "",
+            input_name=inp.name,
+            input_datatype=inp.datatype,
+            input_shape=(shape[0], shape[1], shape[2]),
+            output_name=PROBABILITIES,
+            num_classes=int(outputs[PROBABILITIES].shape[-1]),
+            max_batch_size=int(cfg.max_batch_size),
+            instance_kinds=kinds,
+        )
+
+    async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> list[list[Classification]]:
+        """Top-k per image, computed on the server by Triton's classification extension."""
+        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+        inp.set_data_from_numpy(batch)
+        out = grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)
+        t = self._settings.request_timeout_s
+        result = await self._call(
+            self._c.infer(info.name, [inp], outputs=[out], client_timeout=t), f"inference on {info.name}", t
+        )
+        rows = result.as_numpy(info.output_name)
+        if rows is None:
+            raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
+        return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows.reshape(batch.shape[0], -1)]
+
+    async def infer(self, info: ModelInfo, batch: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Raw output tensors (parity checks, benchmarks)."""
+        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+        inp.set_data_from_numpy(batch)
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        t = self._settings.request_timeout_s
+        result = await self._call(self._c.infer(info.name, [inp], outputs=requested, client_timeout=t), "inference", t)
+        return {n: result.as_numpy(n) for n in outputs}
+
+
+def _parse_class(entry: Any) -> Classification:
+    text = entry.decode() if isinstance(entry, bytes) else str(entry)
+    value, index, *label = text.split(":", 2)
+    return Classification(index=int(index), label=label[0] if label else index, probability=float(value))
+
+
+def _translate(e: InferenceServerException, what: str) -> Exception:
+    status = str(e.status() or "")
+    message = str(e.message() or e)
+    if "DEADLINE_EXCEEDED" in status:
+        return InferenceTimeout(f"Triton did not answer {what} in time")
+    if "UNAVAILABLE" in status or not status:
+        return InferenceUnavailable(f"Triton is unavailable ({what}): {message}")
+    if "NOT_FOUND" in status:
+        return ModelNotFound(f"{what}: {message}")
+    return InferenceFailed(f"Triton failed {what}: {message}")

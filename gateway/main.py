@@ -1,0 +1,56 @@
+"""App factory and lifespan.  ``uvicorn gateway.main:create_app --factory``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from gateway.api import errors
+from gateway.api.routes import health, predict
+from gateway.config import Settings, load_settings
+from gateway.inference import TritonClient
+from gateway.predictor import Predictor
+
+log = logging.getLogger("gateway")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Created in order, stopped in reverse.
+        executor = ThreadPoolExecutor(settings.preprocess.workers, thread_name_prefix="preprocess")
+        client = TritonClient(settings.triton)
+        await client.start()
+        predictor = Predictor(settings, client, executor)
+        app.state.triton, app.state.predictor = client, predictor
+        try:
+            await predictor.start(settings.triton.startup_timeout_s)
+            yield
+        finally:
+            await client.stop()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="stream-ml gateway",
+        version="0.1.0",
+        summary="Video and image inference through NVIDIA Triton.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.monotonic()
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    errors.install(app, retry_after_s=settings.triton.retry_after_s)
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    return app

@@ -1,0 +1,106 @@
+"""Single-image prediction: decode → preprocess (worker threads) → Triton → top-k.
+
+``Predictor`` owns the model facts read from Triton (cached per model name) and
+the thread pool that keeps decoding and resizing off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from gateway.config import Settings
+from gateway.errors import BadRequest, InferenceFailed
+from gateway.inference import Classification, ModelInfo, TritonClient
+from gateway.preprocess import classifier_input, decode_image, normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: ModelInfo
+    classes: list[Classification]
+    width: int
+    height: int
+    decode_ms: float
+    preprocess_ms: float
+    inference_ms: float
+
+
+class Predictor:
+    def __init__(self, settings: Settings, client: TritonClient, executor: ThreadPoolExecutor) -> None:
+        self._settings = settings
+        self._client = client
+        self._executor = executor
+        self._models: dict[str, ModelInfo] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.model
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return dict(self._models)
+
+    async def start(self, timeout: float) -> bool:
+        """Wait (bounded) for Triton and the default model, then read its metadata."""
+        name = self._settings.model
+        if not await self._client.wait_ready([name], timeout):
+            log.warning("Triton at %s or model %s not ready after %.0fs; will retry on demand",
+                        self._settings.triton.url, name, timeout)
+            return False
+        info = await self.model(name)
+        log.info("model %s v%s ready: input %s %s%s, %d classes, instances %s", info.name, info.version,
+                 info.input_name, info.input_datatype, list(info.input_shape), info.num_classes, info.instance_kinds)
+        return True
+
+    async def model(self, name: str) -> ModelInfo:
+        info = self._models.get(name)
+        if info is not None:
+            return info
+        async with self._lock:
+            if name not in self._models:
+                info = await self._client.model_info(name)
+                crop = max(info.crop_hw)
+                if self._settings.preprocess.resize_size < crop:
+                    raise InferenceFailed(
+                        f"preprocess.resize_size {self._settings.preprocess.resize_size} is smaller than the "
+                        f"input {info.crop_hw} of model {name}"
+                    )
+                self._models[name] = info
+            return self._models[name]
+
+    def _decode(self, data: bytes) -> tuple[Image.Image, float]:
+        t0 = time.perf_counter()
+        up = self._settings.upload
+        image = decode_image(data, allowed=up.allowed_types, max_pixels=up.max_pixels)
+        return image, (time.perf_counter() - t0) * 1000
+
+    def _prepare(self, image: Image.Image, info: ModelInfo) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        pre = self._settings.preprocess
+        chw = classifier_input(image, resize_size=pre.resize_size, crop_hw=info.crop_hw)
+        x = chw if info.input_datatype == "UINT8" else normalize(chw, pre.mean, pre.std).astype(info.input_dtype)
+        return x[np.newaxis], (time.perf_counter() - t0) * 1000
+
+    async def predict(self, data: bytes, *, model: str | None = None, top_k: int | None = None) -> Prediction:
+        name = model or self._settings.model
+        k = top_k or self._settings.top_k
+        loop = asyncio.get_running_loop()
+        image, decode_ms = await loop.run_in_executor(self._executor, self._decode, data)
+        info = await self.model(name)
+        if k > info.num_classes:
+            raise BadRequest(f"top_k={k} exceeds the {info.num_classes} classes of model {name}")
+        batch, preprocess_ms = await loop.run_in_executor(self._executor, self._prepare, image, info)
+        t0 = time.perf_counter()
+        classes = (await self._client.classify(info, batch, k))[0]
+        inference_ms = (time.perf_counter() - t0) * 1000
+        return Prediction(info, classes, image.width, image.height, decode_ms, preprocess_ms, inference_ms)

@@ -1,0 +1,100 @@
+"""Pure image functions: sniff, decode, and torchvision's classification preset.
+
+``classifier_input`` reproduces ``MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()``
+on a PIL image: resize the shorter side to 256 with PIL's bilinear filter (what
+torchvision's ``F.resize`` calls for PIL input), center-crop to the model's input
+size with torchvision's rounding, and hand back uint8 CHW.  The float steps
+(x/255, minus mean, over std) run inside the exported graph, or in ``normalize``
+for models that take float32.  No torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from gateway.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
+
+_PIL_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+_OTHER_IMAGES = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00", b"8BPS")
+
+
+def sniff(head: bytes) -> str | None:
+    """The media type from the first bytes, for the formats the gateway decodes."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _other_image(head: bytes) -> bool:
+    return head.startswith(_OTHER_IMAGES) or head[4:8] == b"ftyp"  # GIF, BMP, TIFF, ICO, PSD, HEIC/AVIF
+
+
+def decode_image(data: bytes, *, allowed: tuple[str, ...], max_pixels: int) -> Image.Image:
+    """Decode an upload into an RGB image, or raise BadImage / UnsupportedMediaType / PayloadTooLarge."""
+    if not data:
+        raise BadImage("the image is empty (0 bytes)")
+    kind = sniff(data[:16])
+    if kind is None:
+        if _other_image(data[:16]):
+            raise UnsupportedMediaType(f"unsupported image format; send one of {', '.join(allowed)}")
+        raise BadImage("the upload is not an image (unrecognised content)")
+    if kind not in allowed:
+        raise UnsupportedMediaType(f"{kind} is not accepted; send one of {', '.join(allowed)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            image.load()  # truncated or corrupt data fails here
+            image = ImageOps.exif_transpose(image)  # as the camera held it
+            return image.convert("RGB")
+    except (PayloadTooLarge, BadImage):
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"the {kind} image could not be decoded (truncated or corrupt): {e}") from e
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision's rule for ``Resize(int)``: the shorter side becomes ``shorter``."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def center_crop_box(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int, int, int]:
+    """torchvision's ``center_crop`` offsets, as a PIL box (left, top, right, bottom)."""
+    top = int(round((height - crop_h) / 2.0))
+    left = int(round((width - crop_w) / 2.0))
+    return left, top, left + crop_w, top + crop_h
+
+
+def classifier_input(image: Image.Image, *, resize_size: int, crop_hw: tuple[int, int]) -> np.ndarray:
+    """RGB image → resized, center-cropped ``[3, H, W]`` uint8, as torchvision's preset does it."""
+    crop_h, crop_w = crop_hw
+    if resize_size < max(crop_h, crop_w):
+        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_h}x{crop_w}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    size = resized_size(image.width, image.height, resize_size)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    cropped = image.crop(center_crop_box(image.width, image.height, crop_h, crop_w))
+    return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def normalize(chw: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """uint8 CHW → float32, the same ops as torchvision: x/255, minus mean, over std."""
+    x = chw.astype(np.float32) / np.float32(255.0)
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (x - m) / s
