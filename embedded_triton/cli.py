@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per instance, 0 = all cores")
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER,
+        help="optional: after `--`, a command to run once Triton is ready (it gets APP_TRITON__URL); "
+        "Triton stops when it exits",
+    )
     args = p.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = EmbeddedTriton(
         model_repository=args.model_repository,
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         log_verbose=args.log_verbose,
     )
     try:
-        return main_loop(server, args.ready_timeout)
+        return main_loop(server, args.ready_timeout, command)
     except RepositoryError as e:
         print(f"embedded triton: {e}", file=sys.stderr)
         return 1

@@ -34,8 +34,8 @@ class CpuOptions:
 def derive_config(cfg: mc.ModelConfig, options: CpuOptions) -> mc.ModelConfig:
     out = mc.ModelConfig()
     out.CopyFrom(cfg)
-    if cfg.platform not in ("onnxruntime_onnx", "") and cfg.backend not in ("onnxruntime", ""):
-        raise RepositoryError(f"{cfg.name}: the embedded server runs ONNX models only (platform {cfg.platform!r})")
+    if not (cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"):
+        raise RepositoryError(f"{cfg.name}: the embedded server runs ONNX models only (platform {cfg.platform!r}, backend {cfg.backend!r})")
     out.platform = ""
     out.backend = "python"
     del out.instance_group[:]

@@ -231,11 +231,22 @@ class EmbeddedTriton:
         self.stop()
 
 
-def main_loop(server: EmbeddedTriton, ready_timeout: float) -> int:
-    """Run until SIGINT/SIGTERM or the server dies; always stop it."""
+def _terminate(child: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return child.wait()
+
+
+def main_loop(server: EmbeddedTriton, ready_timeout: float, command: list[str] | None = None) -> int:
+    """Run until SIGINT/SIGTERM, the server dies, or ``command`` exits; always stop everything."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    child: subprocess.Popen[bytes] | None = None
     try:
         server.start()
         server.wait_ready(ready_timeout)
@@ -244,14 +255,22 @@ def main_loop(server: EmbeddedTriton, ready_timeout: float) -> int:
             f"(log: {server.log_path})",
             flush=True,
         )
+        if command:
+            env = dict(os.environ)
+            env.setdefault("APP_TRITON__URL", server.grpc_url)
+            child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509, S603
         while not stop.wait(0.5):
             proc = server._proc
             if proc is None or proc.poll() is not None:
                 print(f"tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
                 return 1
-        return 0
+            if child is not None and child.poll() is not None:
+                return child.returncode
+        return 0 if child is None else _terminate(child)
     except TritonStartError as e:
         print(f"embedded triton failed: {e}", file=sys.stderr)
         return 1
     finally:
+        if child is not None:
+            _terminate(child)
         server.stop()

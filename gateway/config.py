@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -139,5 +140,5 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as e:
         source = f" (from {CONFIG_ENV}={path} and APP_* env)" if path else " (from APP_* env)"
         raise ConfigError(f"invalid configuration{source}:\n{_describe(e)}") from e
-    except (OSError, ValueError) as e:  # unreadable or malformed YAML
+    except (OSError, ValueError, yaml.YAMLError) as e:  # unreadable or malformed YAML
         raise ConfigError(f"invalid configuration: cannot read {CONFIG_ENV}={path}: {e}") from e

@@ -1,0 +1,98 @@
+# stream-ml: `make run` serves the stack locally, `make test` runs every test.
+# Both set up what they need first (Python environments, exported model).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+TVENV := .venv-triton
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check --progress-bar off
+TPIP := $(TVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off
+
+MODEL ?= mobilenet_v3_small
+WEIGHTS ?= default
+REPO ?= model_repository
+ONNX := $(REPO)/$(MODEL)/1/model.onnx
+HOST ?= 127.0.0.1
+PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+HTTP_PORT ?= 8003
+PYTEST_ARGS ?=
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+# --- environments -------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	@echo ">> $(VENV): gateway + export (torch/torchvision, several GB) + dev tools"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[gateway,export,dev]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(PY) -c "import torchvision.ops, fastapi, tritonclient.grpc.aio, onnxruntime, cv2"  # fail here, not later
+	touch $@
+
+$(TVENV)/.installed: pyproject.toml
+	@echo ">> $(TVENV): embedded Triton (nvidia-pytriton: tritonserver 2.51) + onnxruntime, numpy<2"
+	$(PYTHON) -m venv $(TVENV)
+	$(TPIP) -e '.[triton]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(TVENV)/bin/python -c "import pytriton, onnxruntime, numpy; assert numpy.__version__ < '2'"
+	touch $@
+
+setup: $(VENV)/.installed $(TVENV)/.installed ## Create both Python environments (.venv, .venv-triton)
+
+# --- model ----------------------------------------------------------------------
+$(ONNX): | $(VENV)/.installed
+	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO) --offline-fallback-random
+
+model: $(ONNX) ## Export the model into model_repository/ (WEIGHTS=default|random|PATH)
+
+export: $(VENV)/.installed ## Re-export the model even if it exists (WEIGHTS=default|random|PATH)
+	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO)
+
+# --- run ------------------------------------------------------------------------
+TRITON_ARGS = --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+
+run: setup model ## Set up, export, start the embedded Triton and the gateway on :$(PORT)
+	APP_SERVER__HOST=$(HOST) APP_SERVER__PORT=$(PORT) \
+	  $(PY) -m embedded_triton $(TRITON_ARGS) -- $(PY) -m gateway
+
+triton: setup model ## Run only the embedded Triton (gRPC :8001, metrics :8002, HTTP :8003)
+	$(PY) -m embedded_triton $(TRITON_ARGS)
+
+gateway: setup ## Run only the gateway, against APP_TRITON__URL (default localhost:8001)
+	APP_SERVER__HOST=$(HOST) APP_SERVER__PORT=$(PORT) $(PY) -m gateway
+
+# --- quality --------------------------------------------------------------------
+lint: $(VENV)/.installed ## ruff check + ruff format --check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: $(VENV)/.installed ## Format and autofix with ruff
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: $(VENV)/.installed ## mypy
+	$(PY) -m mypy
+
+test-unit: $(VENV)/.installed ## Fast tests: no servers
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## Tests against the real Triton and the real gateway (uvicorn)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: setup lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
+	$(PY) -m bench
+
+clean: ## Remove build output (keeps the environments)
+	rm -rf build bench/results .pytest_cache .mypy_cache .ruff_cache $(REPO)/*/[0-9]*/
+
+distclean: clean ## Remove build output and both environments
+	rm -rf $(VENV) $(TVENV) *.egg-info
+
+.PHONY: help setup model export run triton gateway lint fmt typecheck test-unit test-integration test bench clean distclean

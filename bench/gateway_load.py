@@ -1,0 +1,80 @@
+"""(c) ``POST /predict`` through the real gateway, against a direct client doing the same work.
+
+The direct client runs in this process: ``decode_image`` + ``classifier_input``
+(the gateway's own pure functions) and a sync ``tritonclient.grpc`` infer with
+``class_count``, in N threads.  The gateway path adds HTTP, FastAPI, the
+executor hops and the aio gRPC client; the ratio of the two p50s is its cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import tritonclient.grpc as grpcclient
+from PIL import Image
+
+from bench.loops import Load, LoopResult, run_async, run_threads
+from bench.results import Level
+from bench.triton_load import CHANNEL_ARGS, OUTPUT, ModelSpec, StatsWindow, level
+from gateway.preprocess import classifier_input, decode_image, normalize
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def sample_jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 90) -> bytes:
+    """A camera-like frame: smooth gradients, a few blocks, mild noise (not incompressible noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, width - 64)), int(rng.integers(0, height - 64))
+        img[y0 : y0 + int(rng.integers(16, 64)), x0 : x0 + int(rng.integers(16, 64))] = rng.integers(0, 256, 3)
+    img += rng.normal(0, 6, img.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+async def _gateway_loop(url: str, data: bytes, load: Load, window: StatsWindow, top_k: int) -> LoopResult:
+    limits = httpx.Limits(max_connections=load.concurrency, max_keepalive_connections=load.concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def work() -> object:
+            r = await client.post("/predict", params={"top_k": top_k}, content=data,
+                                  headers={"content-type": "image/jpeg"})
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+            return r
+
+        return await run_async(work, load, window.start)
+
+
+def measure_gateway(url: str, data: bytes, load: Load, window: StatsWindow, *, top_k: int = 5) -> Level:
+    r = asyncio.run(_gateway_loop(url, data, load, window, top_k))
+    return level("gateway", "httpx", load, r, window)
+
+
+def measure_direct(
+    grpc_url: str, spec: ModelSpec, data: bytes, load: Load, window: StatsWindow, *, top_k: int = 5
+) -> Level:
+    clients = [grpcclient.InferenceServerClient(grpc_url, channel_args=CHANNEL_ARGS) for _ in range(load.concurrency)]
+    outputs = [grpcclient.InferRequestedOutput(OUTPUT, class_count=top_k)]
+    crop = (spec.shape[1], spec.shape[2])
+
+    def work(i: int) -> None:
+        image = decode_image(data, allowed=("image/jpeg",), max_pixels=40_000_000)
+        chw = classifier_input(image, resize_size=256, crop_hw=crop)
+        x = chw if spec.datatype == "UINT8" else normalize(chw, MEAN, STD)
+        result = clients[i].infer(spec.name, [spec.infer_input(x[np.newaxis])], outputs=outputs, client_timeout=10)
+        if result.as_numpy(OUTPUT) is None:
+            raise RuntimeError("no output")
+
+    try:
+        r = run_threads(work, load, window.start)
+    finally:
+        for c in clients:
+            c.close()
+    return level("direct", "pil+grpc-sync", load, r, window)

@@ -1,0 +1,134 @@
+"""What the benchmark runs against: an exported model, the embedded Triton, the gateway.
+
+Everything listens on free loopback ports and is stopped on the way out.
+Server-side tuning (``ServerTuning``) is applied to a private copy of the model
+repository's ``config.pbtxt``: ``embedded_triton`` keeps the committed
+``dynamic_batching`` and ``parameters`` when it derives its python-backend config,
+so ``allow_spinning`` and the batcher settings reach ``onnx_model.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from embedded_triton.repository import CpuOptions
+from embedded_triton.server import EmbeddedTriton, TritonPorts
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "mobilenet_v3_small"
+
+
+@dataclass(frozen=True)
+class ServerTuning:
+    instance_count: int = 1
+    intra_op_threads: int = 0  # 0: onnxruntime uses every core
+    allow_spinning: str | None = None  # None: whatever the config (or onnx_model.py's default, "0") says
+    preferred_batch_sizes: tuple[int, ...] | None = None  # None: as committed
+    max_queue_delay_us: int | None = None  # None: as committed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def export_model(repo: Path, input_dtype: str = "uint8") -> Path:
+    """``python -m export`` with random weights into ``repo``; returns the ONNX file."""
+    cmd = [sys.executable, "-m", "export", MODEL, "--weights", "random", "--repo", str(repo),
+           "--input-dtype", input_dtype, "--write-config"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"export failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return repo / MODEL / "1" / "model.onnx"
+
+
+def tuned_copy(source: Path, target: Path, tuning: ServerTuning) -> Path:
+    """A copy of ``source`` whose configs carry ``tuning``."""
+    shutil.copytree(source, target)
+    for cfg_path in target.glob("*/config.pbtxt"):
+        cfg = text_format.Parse(cfg_path.read_text(), mc.ModelConfig())
+        if tuning.allow_spinning is not None:
+            cfg.parameters["allow_spinning"].string_value = tuning.allow_spinning
+        if tuning.preferred_batch_sizes is not None:
+            del cfg.dynamic_batching.preferred_batch_size[:]
+            cfg.dynamic_batching.preferred_batch_size.extend(tuning.preferred_batch_sizes)
+        if tuning.max_queue_delay_us is not None:
+            cfg.dynamic_batching.max_queue_delay_microseconds = tuning.max_queue_delay_us
+        cfg_path.write_text(text_format.MessageToString(cfg))
+    return target
+
+
+@contextlib.contextmanager
+def triton(repo: Path, work_dir: Path, tuning: ServerTuning) -> Iterator[EmbeddedTriton]:
+    repo = tuned_copy(repo, work_dir / "source", tuning)
+    ports = TritonPorts(grpc=free_port(), http=free_port(), metrics=free_port())
+    cpu = CpuOptions(instance_count=tuning.instance_count, intra_op_threads=tuning.intra_op_threads)
+    server = EmbeddedTriton(model_repository=repo, work_dir=work_dir / "triton", venv=ROOT / ".venv-triton",
+                            ports=ports, cpu=cpu)
+    with server:
+        yield server
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextlib.contextmanager
+def gateway(triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0) -> Iterator[Gateway]:
+    """The real gateway: ``uvicorn gateway.main:create_app --factory`` (access log off)."""
+    port = free_port()
+    env = dict(os.environ, APP_TRITON__URL=triton_grpc, APP_PREPROCESS__WORKERS=str(workers),
+               APP_SERVER__LOG_LEVEL="warning")
+    cmd = [sys.executable, "-m", "uvicorn", "gateway.main:create_app", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with (work_dir / "gateway.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    gw = Gateway(url=f"http://127.0.0.1:{port}", proc=proc)
+    try:
+        _wait_http(f"{gw.url}/health/ready", proc, timeout, work_dir / "gateway.log")
+        yield gw
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited ({proc.returncode}):\n{log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway not ready at {url} after {timeout:.0f}s")

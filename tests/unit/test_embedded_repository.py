@@ -1,0 +1,53 @@
+"""Deriving the embedded (python backend, CPU) repository from the committed one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from embedded_triton.repository import CpuOptions, RepositoryError, build, derive_config
+from tests.conftest import MODEL
+from tests.helpers import ROOT
+
+COMMITTED = ROOT / "model_repository" / MODEL / "config.pbtxt"
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def test_derived_config_keeps_the_serving_contract() -> None:
+    committed = parse(COMMITTED)
+    derived = derive_config(committed, CpuOptions(instance_count=2, intra_op_threads=1))
+    assert derived.backend == "python" and derived.platform == ""
+    assert [(g.kind, g.count) for g in derived.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup", "version_policy"):
+        assert getattr(derived, field) == getattr(committed, field), f"{field} must be kept as committed"
+    assert derived.parameters["intra_op_threads"].string_value == "1"
+
+
+def test_build_links_models_and_labels(exported_repo: Path, tmp_path: Path) -> None:
+    names = build(exported_repo, tmp_path / "rt", CpuOptions())
+    assert names == [MODEL]
+    version = tmp_path / "rt" / MODEL / "1"
+    assert (version / "model.onnx").resolve() == (exported_repo / MODEL / "1" / "model.onnx").resolve()
+    assert (version / "model.py").is_file()
+    assert (tmp_path / "rt" / MODEL / "labels.txt").read_text().count("\n") == 1000
+    assert parse(tmp_path / "rt" / MODEL / "config.pbtxt").backend == "python"
+
+
+def test_unexported_model_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "src" / MODEL).mkdir(parents=True)
+    (tmp_path / "src" / MODEL / "config.pbtxt").write_text(COMMITTED.read_text())
+    with pytest.raises(RepositoryError, match="python -m export"):
+        build(tmp_path / "src", tmp_path / "rt", CpuOptions())
+
+
+def test_non_onnx_platform_is_refused() -> None:
+    cfg = parse(COMMITTED)
+    cfg.platform = "pytorch_libtorch"
+    with pytest.raises(RepositoryError, match="ONNX models only"):
+        derive_config(cfg, CpuOptions())

@@ -1,0 +1,112 @@
+"""Preprocessing against torchvision's own transforms, on decoded JPEG/PNG/WebP files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import MobileNet_V3_Small_Weights
+
+from gateway.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
+from gateway.preprocess import classifier_input, decode_image, normalize, resized_size, sniff
+from tests.helpers import encode, scene
+
+ALL = ("image/jpeg", "image/png", "image/webp")
+PRESET = MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()
+SIZES = [(640, 480), (333, 500), (1280, 720), (224, 224), (100, 80), (257, 999), (1920, 1080)]
+
+
+def reference(data: bytes) -> np.ndarray:
+    """What a torchvision user runs: PIL decode, then the weights' preset."""
+    tensor = PRESET(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert isinstance(tensor, torch.Tensor)
+    return tensor.numpy()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_matches_torchvision_preset(fmt: str, width: int, height: int) -> None:
+    # given a real encoded image file
+    data = encode(scene(width, height, seed=width + height), fmt, quality=90)
+    # when the gateway decodes and preprocesses it, and normalizes as the exported graph does
+    chw = classifier_input(decode_image(data, allowed=ALL, max_pixels=10**8), resize_size=256, crop_hw=(224, 224))
+    ours = normalize(chw, PRESET.mean, PRESET.std)
+    # then it equals torchvision's preset on the same file
+    want = reference(data)
+    assert ours.shape == want.shape == (3, 224, 224)
+    mad = float(np.abs(ours - want).mean())
+    assert mad <= 1 / 255, f"{fmt} {width}x{height}: mean abs diff {mad:.5f} > 1/255 after normalization"
+
+
+def test_uint8_output_layout() -> None:
+    chw = classifier_input(scene(300, 200), resize_size=256, crop_hw=(224, 224))
+    assert chw.dtype == np.uint8 and chw.shape == (3, 224, 224) and chw.flags.c_contiguous
+
+
+def test_resized_size_follows_torchvision_rounding() -> None:
+    assert resized_size(640, 480, 256) == (341, 256)
+    assert resized_size(333, 500, 256) == (256, 384)
+    assert resized_size(224, 224, 256) == (256, 256)
+
+
+def test_resize_smaller_than_crop_is_rejected() -> None:
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        classifier_input(scene(300, 300), resize_size=200, crop_hw=(224, 224))
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        (b"", BadImage, "empty"),
+        (b"hello, this is plain text and not an image at all", BadImage, "not an image"),
+        (encode(scene(64, 64), "JPEG")[:300], BadImage, "truncated or corrupt"),
+        (encode(scene(64, 64), "PNG")[:120], BadImage, "truncated or corrupt"),
+        (encode(scene(64, 64), "GIF"), UnsupportedMediaType, "unsupported"),
+        (encode(scene(64, 64), "BMP"), UnsupportedMediaType, "unsupported"),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "truncated-png", "gif", "bmp"],
+)
+def test_bad_uploads_raise_typed_errors(data: bytes, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        decode_image(data, allowed=ALL, max_pixels=10**8)
+
+
+def test_format_outside_allowed_list_is_415() -> None:
+    with pytest.raises(UnsupportedMediaType, match="image/png is not accepted"):
+        decode_image(encode(scene(32, 32), "PNG"), allowed=("image/jpeg",), max_pixels=10**8)
+
+
+def test_pixel_limit_checked_before_decoding() -> None:
+    # 64 Mpx of grey compresses to a few KB: the limit must come from the header, not the byte size
+    data = encode(Image.new("L", (8000, 8000)), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(PayloadTooLarge, match="8000x8000"):
+        decode_image(data, allowed=ALL, max_pixels=40_000_000)
+
+
+def test_exif_orientation_applied() -> None:
+    image = scene(120, 80)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(image, "JPEG", exif=exif.tobytes())
+    decoded = decode_image(data, allowed=ALL, max_pixels=10**8)
+    assert decoded.size == (80, 120), "EXIF orientation 6 should swap width and height"
+
+
+def test_sniff() -> None:
+    assert sniff(encode(scene(8, 8), "JPEG")[:16]) == "image/jpeg"
+    assert sniff(encode(scene(8, 8), "PNG")[:16]) == "image/png"
+    assert sniff(encode(scene(8, 8), "WEBP")[:16]) == "image/webp"
+    assert sniff(b"GIF89a") is None
+
+
+def test_normalize_matches_torch_ops() -> None:
+    from torchvision.transforms import functional as F
+
+    chw = np.random.default_rng(0).integers(0, 256, (3, 224, 224), dtype=np.uint8)
+    want = F.normalize(F.convert_image_dtype(torch.from_numpy(chw), torch.float), PRESET.mean, PRESET.std)
+    got = normalize(chw, PRESET.mean, PRESET.std)
+    assert np.abs(want.numpy() - got).max() < 1e-6
