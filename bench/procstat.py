@@ -24,6 +24,12 @@ def _stat(pid: int) -> tuple[str, int, float] | None:
     return comm, int(rest[2]), (int(rest[11]) + int(rest[12])) / _TICK
 
 
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``: everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
@@ -53,10 +59,14 @@ def pid(p: int) -> Selector:
 
 @dataclass
 class CpuMeter:
-    """``start()`` then ``cores()``: CPU seconds per wall second for each named set of processes."""
+    """``start()`` then ``cores()``: CPU seconds per wall second for each named set of processes.
+
+    ``total`` sums them; ``other`` is the rest of the machine's busy time over the same span.
+    """
 
     selectors: dict[str, Selector]
     _t0: float = 0.0
+    _busy0: float = 0.0
     _before: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def _sample(self) -> dict[str, dict[int, float]]:
@@ -71,15 +81,20 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = self._sample()
+        self._busy0 = machine_busy()
         self._t0 = time.monotonic()
 
     def cores(self) -> dict[str, float]:
         wall = max(time.monotonic() - self._t0, 1e-9)
+        busy = (machine_busy() - self._busy0) / wall
         after = self._sample()
         result = {}
         for name, now in after.items():
             before = self._before.get(name, {})
             used = sum(cpu - before.get(p, 0.0) for p, cpu in now.items())
             result[name] = round(used / wall, 3)
-        result["total"] = round(sum(result.values()), 3)
+        ours = sum(result.values())
+        result["total"] = round(ours, 3)
+        # Anything else on the machine (other jobs): a large value means this level was disturbed.
+        result["other"] = round(max(0.0, busy - ours), 3)
         return result
