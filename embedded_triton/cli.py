@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import logging
+import sys
 from pathlib import Path
 
 from embedded_triton.repository import CpuOptions, RepositoryError
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument(
-        "command", nargs=argparse.REMAINDER,
+        "command",
+        nargs=argparse.REMAINDER,
         help="optional: after `--`, a command to run once Triton is ready (it gets APP_TRITON__URL); "
         "Triton stops when it exits",
     )

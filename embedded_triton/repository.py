@@ -35,7 +35,10 @@ def derive_config(cfg: mc.ModelConfig, options: CpuOptions) -> mc.ModelConfig:
     out = mc.ModelConfig()
     out.CopyFrom(cfg)
     if not (cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"):
-        raise RepositoryError(f"{cfg.name}: the embedded server runs ONNX models only (platform {cfg.platform!r}, backend {cfg.backend!r})")
+        raise RepositoryError(
+            f"{cfg.name}: the embedded server runs ONNX models only "
+            f"(platform {cfg.platform!r}, backend {cfg.backend!r})"
+        )
     out.platform = ""
     out.backend = "python"
     del out.instance_group[:]

@@ -8,6 +8,7 @@ the process that started it dies (``PR_SET_PDEATHSIG``).  Nothing is orphaned.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import json
 import logging
@@ -85,7 +86,9 @@ class TritonInstall:
                 f"{libpython} not found: the python backend stub needs a shared libpython "
                 "(build Python with --enable-shared, as pyenv's default builds on this project's machines are)"
             )
-        return cls(server=root / "bin" / "tritonserver", backends=backends, bin_dir=str(venv / "bin"), libdir=info["libdir"])
+        return cls(
+            server=root / "bin" / "tritonserver", backends=backends, bin_dir=str(venv / "bin"), libdir=info["libdir"]
+        )
 
 
 def _die_with_parent() -> None:
@@ -167,8 +170,13 @@ class EmbeddedTriton:
             log.info("starting tritonserver (models: %s): %s", ", ".join(models), " ".join(cmd))
             with self.log_path.open("ab") as out:
                 self._proc = subprocess.Popen(
-                    cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
+                    cmd,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
                 )
             atexit.register(self.stop)
 
@@ -213,10 +221,8 @@ class EmbeddedTriton:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not exit after %s; escalating", sig.name)
         # The stubs are in the same group: sweep anything that outlived the server.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def __enter__(self) -> EmbeddedTriton:
         self.start()
@@ -258,7 +264,7 @@ def main_loop(server: EmbeddedTriton, ready_timeout: float, command: list[str] |
         if command:
             env = dict(os.environ)
             env.setdefault("APP_TRITON__URL", server.grpc_url)
-            child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509, S603
+            child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         while not stop.wait(0.5):
             proc = server._proc
             if proc is None or proc.poll() is not None:

@@ -33,6 +33,8 @@ class NormalizedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.normalize = normalize
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

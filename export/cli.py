@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
         "PATH: a fine-tuned state dict (default: %(default)s)",
     )
     p.add_argument("--labels", type=Path, help="class names, one per line (for a checkpoint with other classes)")
-    p.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--repo", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)"
+    )
     p.add_argument("--version", type=int, default=1, help="model version directory (default: %(default)s)")
     p.add_argument(
         "--input-dtype",
@@ -57,7 +59,10 @@ def run(args: argparse.Namespace) -> None:
     except WeightsUnavailable as e:
         if not (args.offline_fallback_random and args.weights == "default"):
             raise
-        print(f"\nWARNING: {e}\n\nWARNING: falling back to --weights random: predictions will be MEANINGLESS.\n", file=sys.stderr)
+        print(
+            f"\nWARNING: {e}\n\nWARNING: falling back to --weights random: predictions will be MEANINGLESS.\n",
+            file=sys.stderr,
+        )
         built = build_mobilenet_v3_small("random", seed=args.seed, normalize=uint8)
     layout = ClassifierLayout(
         name=args.model,
@@ -70,12 +75,16 @@ def run(args: argparse.Namespace) -> None:
     model_dir = args.repo / args.model
     onnx_path = model_dir / str(args.version) / "model.onnx"
     export_onnx(built.module, onnx_path, input_shape=layout.input_dims, dtype=torch.uint8 if uint8 else torch.float32)
-    config = write_model_files(model_dir, config_text=classifier_config(layout), labels=built.labels, write_config=args.write_config)
+    config = write_model_files(
+        model_dir, config_text=classifier_config(layout), labels=built.labels, write_config=args.write_config
+    )
     diffs = max_abs_diff(built.module, onnx_path, input_shape=layout.input_dims, uint8=uint8, seed=args.seed)
     print(f"exported {args.model} ({built.weights_desc}) -> {onnx_path} in {time.perf_counter() - t0:.1f}s")
     print(f"config.pbtxt: {config}; labels: {len(built.labels)} classes")
     for name, diff in diffs.items():
-        print(f"parity onnxruntime vs eager torch, batch 4: {name} max abs diff {diff:.3g} (tolerance {args.tolerance:g})")
+        print(
+            f"parity onnxruntime vs eager torch, batch 4: {name} max abs diff {diff:.3g} (tolerance {args.tolerance:g})"
+        )
     worst = max(diffs.values())
     if not worst <= args.tolerance:  # also catches NaN
         raise ParityError(f"onnxruntime differs from eager torch by {worst:.3g} > {args.tolerance:g}")

@@ -48,7 +48,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(f"--weights {path}: no such file (expected default, random or a checkpoint path)")
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as e:
         raise WeightsUnavailable(f"--weights {path}: not a readable torch checkpoint: {e}") from e
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):

@@ -30,8 +30,11 @@ class TritonSettings(_Section):
         2.0, gt=0, le=120, description="Deadline of one inference call; past it /predict answers 503."
     )
     startup_timeout_s: float = Field(
-        30.0, ge=0, le=600, description="How long start-up waits for Triton and the models; the gateway starts "
-        "anyway after it (not ready, 503) and keeps retrying."
+        30.0,
+        ge=0,
+        le=600,
+        description="How long start-up waits for Triton and the models; the gateway starts "
+        "anyway after it (not ready, 503) and keeps retrying.",
     )
     health_timeout_s: float = Field(1.0, gt=0, le=30, description="Deadline of each readiness probe call.")
     retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After header sent with 503 answers.")
@@ -49,7 +52,9 @@ class TritonSettings(_Section):
 
 
 class UploadSettings(_Section):
-    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted image upload, in bytes (413 above).")
+    max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted image upload, in bytes (413 above)."
+    )
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, width x height (413 above).")
     allowed_types: tuple[Literal["image/jpeg", "image/png", "image/webp"], ...] = Field(
         ("image/jpeg", "image/png", "image/webp"), min_length=1, description="Accepted image formats (415 otherwise)."
@@ -58,8 +63,10 @@ class UploadSettings(_Section):
 
 class PreprocessSettings(_Section):
     resize_size: int = Field(
-        256, ge=1, description="Shorter side after resizing, before the center crop to the model's input size "
-        "(torchvision's MobileNetV3 preset: 256 then 224)."
+        256,
+        ge=1,
+        description="Shorter side after resizing, before the center crop to the model's input size "
+        "(torchvision's MobileNetV3 preset: 256 then 224).",
     )
     mean: tuple[float, float, float] = Field(
         (0.485, 0.456, 0.406), description="Normalization mean, used only for models that take float32 input."
@@ -97,11 +104,10 @@ class Settings(BaseSettings):
     frame_height: int = Field(360, ge=16, le=4320, description="Height frames are resized to after ingest (streams).")
     frame_sample_fps: float = Field(2.0, gt=0, le=120, description="Frames per second sampled from each stream.")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
-    triton: TritonSettings = Field(default_factory=TritonSettings)  # type: ignore[arg-type]
-    upload: UploadSettings = Field(default_factory=UploadSettings)  # type: ignore[arg-type]
-    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)  # type: ignore[arg-type]
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    upload: UploadSettings = Field(default_factory=UploadSettings)
+    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBABILITIES = "probabilities"
-_NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
+_NUMPY: dict[str, type[np.generic]] = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,9 @@ class TritonClient:
         if cfg.max_batch_size > 0:
             shape = shape[1:]  # drop the batch axis (-1)
         if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0 or inp.datatype not in _NUMPY:
-            raise InferenceFailed(f"model {name}: input {inp.name} {inp.datatype}{list(inp.shape)} is not [3,H,W] image")
+            raise InferenceFailed(
+                f"model {name}: input {inp.name} {inp.datatype}{list(inp.shape)} is not [3,H,W] image"
+            )
         outputs = {o.name: o for o in meta.outputs}
         if PROBABILITIES not in outputs:
             raise InferenceFailed(f"model {name} has no {PROBABILITIES!r} output (outputs: {sorted(outputs)})")

@@ -54,12 +54,24 @@ class Predictor:
         """Wait (bounded) for Triton and the default model, then read its metadata."""
         name = self._settings.model
         if not await self._client.wait_ready([name], timeout):
-            log.warning("Triton at %s or model %s not ready after %.0fs; will retry on demand",
-                        self._settings.triton.url, name, timeout)
+            log.warning(
+                "Triton at %s or model %s not ready after %.0fs; will retry on demand",
+                self._settings.triton.url,
+                name,
+                timeout,
+            )
             return False
         info = await self.model(name)
-        log.info("model %s v%s ready: input %s %s%s, %d classes, instances %s", info.name, info.version,
-                 info.input_name, info.input_datatype, list(info.input_shape), info.num_classes, info.instance_kinds)
+        log.info(
+            "model %s v%s ready: input %s %s%s, %d classes, instances %s",
+            info.name,
+            info.version,
+            info.input_name,
+            info.input_datatype,
+            list(info.input_shape),
+            info.num_classes,
+            info.instance_kinds,
+        )
         return True
 
     async def model(self, name: str) -> ModelInfo:

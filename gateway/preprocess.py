@@ -51,13 +51,13 @@ def decode_image(data: bytes, *, allowed: tuple[str, ...], max_pixels: int) -> I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
-            width, height = image.size
+            opened = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
+            width, height = opened.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-            image.load()  # truncated or corrupt data fails here
-            image = ImageOps.exif_transpose(image)  # as the camera held it
-            return image.convert("RGB")
+            opened.load()  # truncated or corrupt data fails here
+            upright = ImageOps.exif_transpose(opened)  # as the camera held it
+            return upright.convert("RGB")
     except (PayloadTooLarge, BadImage):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -73,8 +73,8 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
 
 def center_crop_box(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int, int, int]:
     """torchvision's ``center_crop`` offsets, as a PIL box (left, top, right, bottom)."""
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
+    top = round((height - crop_h) / 2.0)
+    left = round((width - crop_w) / 2.0)
     return left, top, left + crop_w, top + crop_h
 
 

@@ -39,9 +39,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported_repo(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
     """A model repository written by the real export CLI from the synthetic checkpoint."""
     repo = tmp_path_factory.mktemp("model_repository")
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 - the test asserts on returncode
         [PYTHON, "-m", "export", MODEL, "--weights", str(checkpoint), "--repo", str(repo)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"export failed:\n{result.stdout}\n{result.stderr}"
     return repo

@@ -32,9 +32,7 @@ def scene(width: int, height: int, seed: int = 0) -> Image.Image:
     """A photo-like test image: gradients, texture, noise and shapes with hard edges."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [xx * 255 / width, yy * 255 / height, 128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 11.0)], axis=-1
-    )
+    base = np.stack([xx * 255 / width, yy * 255 / height, 128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 11.0)], axis=-1)
     base += rng.normal(0, 12, base.shape)
     image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -90,9 +88,24 @@ class GatewayProcess:
     def start(self, timeout: float = 90.0) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "uvicorn", "gateway.main:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"],
-                cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    PYTHON,
+                    "-m",
+                    "uvicorn",
+                    "gateway.main:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "info",
+                ],
+                cwd=ROOT,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
         def up() -> bool:

@@ -96,46 +96,48 @@ class _MultipartCollector:
 
 
 async def read_image_upload(request: Request, *, max_bytes: int) -> Upload:
-    ctype_raw = request.headers.get("content-type", "")
-    ctype, params = parse_options_header(ctype_raw)
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
     media = ctype.decode("latin-1").lower()
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        slack = MULTIPART_SLACK if media == "multipart/form-data" else 0
-        if int(declared) > max_bytes + slack:
-            raise _too_large(max_bytes)
-
-    if media.startswith("image/"):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise _too_large(max_bytes)
-        return Upload(bytes(body), media, None)
-
-    if media != "multipart/form-data":
+    multipart = media == "multipart/form-data"
+    if not multipart and not media.startswith("image/"):
         raise UnsupportedMediaType(
-            f"send multipart/form-data with an {IMAGE_FIELD!r} file field, or a raw image body (got {media or 'no type'!r})"
+            f"send multipart/form-data with an {IMAGE_FIELD!r} file field, or a raw image body "
+            f"(got {media or 'no content type'!r})"
         )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + (MULTIPART_SLACK if multipart else 0):
+        raise _too_large(max_bytes)
+    if not multipart:
+        return await _read_raw(request, media, max_bytes)
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
+    return await _read_multipart(request, boundary, max_bytes)
+
+
+async def _read_raw(request: Request, media: str, max_bytes: int) -> Upload:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+    return Upload(bytes(body), media, None)
+
+
+async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> Upload:
     collector = _MultipartCollector(max_bytes)
     parser = MultipartParser(boundary, callbacks=_callbacks(collector))  # type: ignore[arg-type]
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes + MULTIPART_SLACK:
-            raise _too_large(max_bytes)
-        try:
-            parser.write(chunk)
-        except (PayloadTooLarge, BadRequest):
-            raise
-        except Exception as e:  # noqa: BLE001 - python-multipart raises its own parse errors
-            raise BadRequest(f"malformed multipart body: {e}") from e
     try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + MULTIPART_SLACK:
+                raise _too_large(max_bytes)
+            parser.write(chunk)
         parser.finalize()
-    except Exception as e:  # noqa: BLE001
+    except (PayloadTooLarge, BadRequest):
+        raise
+    except Exception as e:
         raise BadRequest(f"malformed multipart body: {e}") from e
     if collector.image is None:
         raise BadRequest(f"the form has no {IMAGE_FIELD!r} file field")

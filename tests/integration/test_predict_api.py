@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -21,7 +22,7 @@ CATEGORIES = list(MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"])
 MAX_BYTES = 2 * 1024 * 1024  # the session gateway's upload.max_bytes
 
 
-def post(gw: GatewayProcess, files: dict | None = None, **kw) -> httpx.Response:  # type: ignore[type-arg]
+def post(gw: GatewayProcess, files: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
     return httpx.post(f"{gw.url}/predict", files=files, timeout=30, **kw)
 
 
@@ -88,14 +89,23 @@ BAD = [
     ("zero-bytes", {"image": ("a.jpg", b"", "image/jpeg")}, None, 400, "bad_image"),
     ("gif", {"image": ("a.gif", encode(scene(64, 64), "GIF"), "image/gif")}, None, 415, "unsupported_media_type"),
     ("no-image-field", {"file": ("a.jpg", encode(scene(64, 64), "JPEG"), "image/jpeg")}, None, 400, "bad_request"),
-    ("bad-top-k", {"image": ("a.jpg", encode(scene(64, 64), "JPEG"), "image/jpeg")}, {"top_k": "many"}, 400,
-     "bad_request"),
+    (
+        "bad-top-k",
+        {"image": ("a.jpg", encode(scene(64, 64), "JPEG"), "image/jpeg")},
+        {"top_k": "many"},
+        400,
+        "bad_request",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("files", "data", "status", "code"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_uploads_get_clear_json_errors(
-    gateway_proc: GatewayProcess, files: dict, data: dict | None, status: int, code: str  # type: ignore[type-arg]
+    gateway_proc: GatewayProcess,
+    files: dict[str, Any],
+    data: dict[str, str] | None,
+    status: int,
+    code: str,
 ) -> None:
     r = post(gateway_proc, files=files, data=data)
     assert r.status_code == status, r.text

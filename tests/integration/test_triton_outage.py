@@ -56,7 +56,9 @@ def own_triton(exported_repo: Path, tmp_path: Path) -> Iterator[EmbeddedTriton]:
         yield server
 
 
-def test_stopped_triton_gives_503_then_recovers(own_triton: EmbeddedTriton, exported_repo: Path, tmp_path: Path) -> None:
+def test_stopped_triton_gives_503_then_recovers(
+    own_triton: EmbeddedTriton, exported_repo: Path, tmp_path: Path
+) -> None:
     with gateway(gateway_env(own_triton), tmp_path / "gw.log") as gw:
         assert recovers(gw)
         # when Triton stops

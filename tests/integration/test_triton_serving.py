@@ -27,7 +27,10 @@ CATEGORIES = list(MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"])
 
 def image_batch(n: int, seed: int = 0) -> np.ndarray:
     return np.stack(
-        [classifier_input(scene(300 + 17 * i, 260, seed=seed + i), resize_size=256, crop_hw=(224, 224)) for i in range(n)]
+        [
+            classifier_input(scene(300 + 17 * i, 260, seed=seed + i), resize_size=256, crop_hw=(224, 224))
+            for i in range(n)
+        ]
     )
 
 
@@ -133,10 +136,26 @@ def test_killed_launcher_takes_the_server_down(exported_repo: Path, tmp_path: Pa
     # given the CLI launcher serving the repository
     http = free_port()
     launcher = subprocess.Popen(
-        [PYTHON, "-m", "embedded_triton", "--model-repository", str(exported_repo), "--work-dir", str(tmp_path),
-         "--venv", str(TRITON_VENV), "--grpc-port", str(free_port()), "--http-port", str(http),
-         "--metrics-port", str(free_port())],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            PYTHON,
+            "-m",
+            "embedded_triton",
+            "--model-repository",
+            str(exported_repo),
+            "--work-dir",
+            str(tmp_path),
+            "--venv",
+            str(TRITON_VENV),
+            "--grpc-port",
+            str(free_port()),
+            "--http-port",
+            str(http),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: _ready(http), 120, what="launcher's Triton ready")

@@ -40,7 +40,9 @@ def test_example_config_is_true_to_the_defaults(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_yaml_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, "top_k: 3\ntriton:\n  url: triton:9001\n  request_timeout_s: 4\ncors_origins: [http://a.test]\n")
+    path = write(
+        tmp_path, "top_k: 3\ntriton:\n  url: triton:9001\n  request_timeout_s: 4\ncors_origins: [http://a.test]\n"
+    )
     monkeypatch.setenv("APP_CONFIG", str(path))
     monkeypatch.setenv("APP_TRITON__URL", "localhost:7001")
     s = load_settings()
@@ -92,8 +94,12 @@ def test_malformed_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 def test_gateway_refuses_to_start_on_bad_config() -> None:
     # given an invalid value, when the gateway starts, then it exits at once naming the field
-    result = subprocess.run(
-        [PYTHON, "-m", "gateway"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    result = subprocess.run(  # noqa: PLW1510 - the test asserts on returncode
+        [PYTHON, "-m", "gateway"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "APP_UPLOAD__MAX_PIXELS": "-5"},
     )
     assert result.returncode == 2, result.stderr

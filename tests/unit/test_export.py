@@ -21,15 +21,20 @@ from tests.helpers import PYTHON, ROOT, free_port, scene
 
 
 def run_export(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "export", MODEL, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    return subprocess.run(  # noqa: PLW1510 - the test asserts on returncode
+        [PYTHON, "-m", "export", MODEL, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **(env or {})},
     )
 
 
 def images(n: int) -> np.ndarray:
-    return np.stack([classifier_input(scene(320 + 40 * i, 240, seed=i), resize_size=256, crop_hw=(224, 224))
-                     for i in range(n)])
+    return np.stack(
+        [classifier_input(scene(320 + 40 * i, 240, seed=i), resize_size=256, crop_hw=(224, 224)) for i in range(n)]
+    )
 
 
 def ort_outputs(path: Path, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +121,15 @@ def test_checkpoint_with_own_classes_needs_and_writes_labels(tmp_path: Path) -> 
 def test_default_weights_offline_fail_with_the_alternatives(tmp_path: Path) -> None:
     # given no route to the weights (a proxy on a closed loopback port) and an empty torch cache
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {"HTTPS_PROXY": dead, "https_proxy": dead, "HTTP_PROXY": dead, "http_proxy": dead,
-           "NO_PROXY": "", "no_proxy": "", "TORCH_HOME": str(tmp_path / "torch")}
+    env = {
+        "HTTPS_PROXY": dead,
+        "https_proxy": dead,
+        "HTTP_PROXY": dead,
+        "http_proxy": dead,
+        "NO_PROXY": "",
+        "no_proxy": "",
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
     result = run_export("--weights", "default", "--repo", str(tmp_path / "repo"), env=env)
     assert result.returncode == 1
     assert "--weights random" in result.stderr and "--weights PATH" in result.stderr, result.stderr

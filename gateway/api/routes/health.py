@@ -34,8 +34,11 @@ async def ready(settings: SettingsDep, client: ClientDep, predictor: PredictorDe
         if ok:
             try:
                 info = await predictor.model(name)
-                entry.update(version=info.version, input=f"{info.input_datatype}{list(info.input_shape)}",
-                             instances=list(info.instance_kinds))
+                entry.update(
+                    version=info.version,
+                    input=f"{info.input_datatype}{list(info.input_shape)}",
+                    instances=list(info.instance_kinds),
+                )
                 if settings.device.upper() not in info.instance_kinds:
                     entry["warning"] = f"device is {settings.device} but the model runs on {list(info.instance_kinds)}"
             except GatewayError as e:
