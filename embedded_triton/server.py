@@ -131,7 +131,7 @@ class EmbeddedTriton:
     def command(self, install: TritonInstall) -> list[str]:
         return [
             str(install.server),
-            f"--model-repository={self.work_dir / 'repository'}",
+            f"--model-repository={(self.work_dir / 'repository').resolve()}",
             f"--backend-directory={install.backends}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.ports.grpc}",
@@ -271,8 +271,11 @@ def main_loop(server: EmbeddedTriton, ready_timeout: float, command: list[str] |
                 print(f"tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
                 return 1
             if child is not None and child.poll() is not None:
-                return child.returncode
-        return 0 if child is None else _terminate(child)
+                code = child.returncode
+                return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+        if child is not None:
+            _terminate(child)
+        return 0  # asked to stop (Ctrl-C, SIGTERM): a clean exit
     except TritonStartError as e:
         print(f"embedded triton failed: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -104,3 +105,27 @@ def test_gateway_refuses_to_start_on_bad_config() -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "upload.max_pixels" in result.stderr and "APP_UPLOAD__MAX_PIXELS" in result.stderr, result.stderr
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def test_every_setting_is_documented() -> None:
+    # the README's config reference and the example file must cover every field
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "config.example.yaml").read_text()
+    for path in leaf_fields(Settings):
+        assert f"`{path}`" in readme, f"README config reference lacks `{path}`"
+        env = "APP_" + path.replace(".", "__").upper()
+        assert env in readme, f"README lacks the env name {env}"
+        assert f"{path.rsplit('.', 1)[-1]}:" in example, f"config.example.yaml lacks {path}"
+        info = Settings.model_fields.get(path) or None
+        assert info is None or info.description, f"{path} has no description"
