@@ -40,7 +40,7 @@ class Predictor:
         self._client = client
         self._executor = executor
         self._models: dict[str, ModelInfo] = {}
-        self._lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Future[ModelInfo]] = {}
 
     @property
     def default_model(self) -> str:
@@ -75,20 +75,28 @@ class Predictor:
         return True
 
     async def model(self, name: str) -> ModelInfo:
+        """The model's facts, read from Triton once.  Concurrent callers share one
+        in-flight read (so none waits longer than one deadline); a failure is not
+        cached and the next call tries again."""
         info = self._models.get(name)
         if info is not None:
             return info
-        async with self._lock:
-            if name not in self._models:
-                info = await self._client.model_info(name)
-                crop = max(info.crop_hw)
-                if self._settings.preprocess.resize_size < crop:
-                    raise InferenceFailed(
-                        f"preprocess.resize_size {self._settings.preprocess.resize_size} is smaller than the "
-                        f"input {info.crop_hw} of model {name}"
-                    )
-                self._models[name] = info
-            return self._models[name]
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(name))
+            self._loading[name] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(name, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, name: str) -> ModelInfo:
+        info = await self._client.model_info(name)
+        if self._settings.preprocess.resize_size < max(info.crop_hw):
+            raise InferenceFailed(
+                f"preprocess.resize_size {self._settings.preprocess.resize_size} is smaller than the "
+                f"input {info.crop_hw} of model {name}"
+            )
+        self._models[name] = info
+        return info
 
     def _decode(self, data: bytes) -> tuple[Image.Image, float]:
         t0 = time.perf_counter()

@@ -103,3 +103,37 @@ def test_gateway_starts_before_triton(exported_repo: Path, tmp_path: Path) -> No
         with server:
             wait_until(lambda: recovers(gw), 30, interval=0.5, what="first prediction after late Triton")
             assert httpx.get(f"{gw.url}/health/ready").status_code == 200
+
+
+def test_concurrent_requests_to_a_frozen_triton_each_answer_within_the_deadline(
+    own_triton: EmbeddedTriton, tmp_path: Path
+) -> None:
+    import asyncio
+
+    pid = own_triton.pid
+    assert pid is not None
+    with gateway(gateway_env(own_triton), tmp_path / "gw.log") as gw:
+        assert recovers(gw)  # the channel is connected
+        # given a Triton that hangs, and requests for a model whose metadata the gateway has not read yet
+        os.kill(pid, signal.SIGSTOP)
+        try:
+
+            async def one(c: httpx.AsyncClient) -> tuple[int, float]:
+                t0 = time.monotonic()
+                r = await c.post(
+                    f"{gw.url}/predict?model=not_loaded_yet", files={"image": ("a.jpg", IMAGE, "image/jpeg")}
+                )
+                return r.status_code, time.monotonic() - t0
+
+            async def burst() -> list[tuple[int, float]]:
+                async with httpx.AsyncClient(timeout=60) as c:
+                    return await asyncio.gather(*(one(c) for _ in range(8)))
+
+            # when 8 requests arrive at once, then none queues behind another's deadline
+            results = asyncio.run(burst())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert all(status == 503 for status, _ in results), results
+        worst = max(elapsed for _, elapsed in results)
+        assert worst < DEADLINE_S + 1.5, f"slowest 503 took {worst:.2f}s; the deadline is {DEADLINE_S}s"
+        wait_until(lambda: recovers(gw), 30, interval=0.5, what="predictions after SIGCONT")
