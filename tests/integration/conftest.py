@@ -36,6 +36,7 @@ def gateway_proc(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactor
         "APP_TRITON__URL": triton.grpc_url,
         "APP_TRITON__REQUEST_TIMEOUT_S": "10",
         "APP_UPLOAD__MAX_BYTES": str(2 * 1024 * 1024),
+        "APP_CORS_ORIGINS": '["http://dashboard.test"]',
     }
     with gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as gw:
         yield gw

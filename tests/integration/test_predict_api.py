@@ -208,5 +208,14 @@ def test_openapi_documents_the_routes(gateway_proc: GatewayProcess) -> None:
     assert "503" in paths["/predict"]["post"]["responses"]
 
 
+def test_cors_allows_only_configured_origins(gateway_proc: GatewayProcess) -> None:
+    def preflight(origin: str) -> httpx.Response:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        return httpx.options(f"{gateway_proc.url}/predict", headers=headers)
+
+    assert preflight("http://dashboard.test").headers.get("access-control-allow-origin") == "http://dashboard.test"
+    assert "access-control-allow-origin" not in preflight("http://evil.test").headers
+
+
 def test_no_500_in_the_log(gateway_proc: GatewayProcess) -> None:
     assert " 500 " not in gateway_proc.log(), gateway_proc.log()
