@@ -24,6 +24,7 @@ from bench.loops import Load
 from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
 from bench.results import Level, Run, table
 from bench.servers import ServerTuning
+from embedded_triton.repository import default_instances
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -34,8 +35,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="2 s levels, 0.5 s warm-up (a smoke run)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per level (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per level (default: %(default)s)")
@@ -48,11 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, help="use this model repository instead of exporting random weights")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8", help="model input (exported)")
     tune = p.add_argument_group("server tuning (applied to a private copy of the config)")
-    tune.add_argument("--instances", type=int, default=1, help="model instances (default: %(default)s)")
-    tune.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads per instance, 0 = all cores")
+    tune.add_argument(
+        "--instances", type=int, default=default_instances(), help="model instances (default: one per core)"
+    )
+    tune.add_argument(
+        "--intra-op-threads", type=int, default=1, help="ORT threads per instance, 0 = all cores (default: 1)"
+    )
     tune.add_argument("--allow-spinning", choices=("0", "1"), help="ORT session.intra_op.allow_spinning")
     tune.add_argument("--preferred-batch", type=_ints, help="dynamic_batching preferred_batch_size, e.g. 4,8")
     tune.add_argument("--queue-delay-us", type=int, help="dynamic_batching max_queue_delay_microseconds")
+    tune.add_argument(
+        "--triton-venv",
+        type=Path,
+        default=servers.ROOT / ".venv-triton",
+        help="environment of the embedded Triton (its onnxruntime version matters)",
+    )
     tune.add_argument("--gateway-workers", type=int, default=2, help="gateway preprocess threads (default: 2)")
     return p
 
@@ -61,23 +73,36 @@ def _progress(lv: Level) -> None:
     t = lv.triton
     extra = f"  batch {t.avg_batch:.2f} queue {t.queue_ms:.2f} ms compute {t.compute_ms:.2f} ms" if t else ""
     cpu = " ".join(f"{k}={v:.2f}" for k, v in lv.cpu_cores.items())
-    print(f"  {lv.label:<28} c={lv.concurrency:<3} b={lv.batch:<3} {lv.images_per_s:8.1f} img/s  "
-          f"p50 {lv.latency.p50_ms:6.2f} ms  p99 {lv.latency.p99_ms:6.2f} ms{extra}  [{cpu}]", flush=True)
+    print(
+        f"  {lv.label:<28} c={lv.concurrency:<3} b={lv.batch:<3} {lv.images_per_s:8.1f} img/s  "
+        f"p50 {lv.latency.p50_ms:6.2f} ms  p99 {lv.latency.p99_ms:6.2f} ms{extra}  [{cpu}]",
+        flush=True,
+    )
 
 
 def _config(args: argparse.Namespace, tuning: ServerTuning) -> dict[str, object]:
-    skip = {"out", "repo"}
+    skip = {"out", "repo", "triton_venv"}
     cfg: dict[str, object] = {k: v for k, v in vars(args).items() if k not in skip}
-    cfg.update(tuning=dataclasses.asdict(tuning), repo=str(args.repo) if args.repo else "exported (random weights)",
-               cpus=os.cpu_count(), python=platform.python_version(), onnxruntime=ort.__version__)
+    cfg["triton_venv"] = str(args.triton_venv)
+    cfg.update(
+        tuning=dataclasses.asdict(tuning),
+        repo=str(args.repo) if args.repo else "exported (random weights)",
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+        onnxruntime=ort.__version__,
+    )
     return cfg
 
 
 def run(args: argparse.Namespace) -> Run:
     parts = set(args.only.split(","))
-    tuning = ServerTuning(instance_count=args.instances, intra_op_threads=args.intra_op_threads,
-                          allow_spinning=args.allow_spinning, preferred_batch_sizes=args.preferred_batch,
-                          max_queue_delay_us=args.queue_delay_us)
+    tuning = ServerTuning(
+        instance_count=args.instances,
+        intra_op_threads=args.intra_op_threads,
+        allow_spinning=args.allow_spinning,
+        preferred_batch_sizes=args.preferred_batch,
+        max_queue_delay_us=args.queue_delay_us,
+    )
     result = Run(started_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), config=_config(args, tuning))
     me: dict[str, Selector] = {"client": pid(os.getpid())}
 
@@ -94,19 +119,26 @@ def run(args: argparse.Namespace) -> Run:
             repo = work / "repo"
         if "a" in parts:
             print("(a) onnxruntime in process", flush=True)
-            sess = ort_inproc.session(repo / servers.MODEL / "1" / "model.onnx", args.intra_op_threads,
-                                      args.allow_spinning or "0")
+            onnx = repo / servers.MODEL / "1" / "model.onnx"
+            # onnxruntime's own defaults (every core, spinning threads): what a user runs in process
+            sess = ort_inproc.session(onnx)
             for b in args.ort_batches:
-                add(ort_inproc.measure(sess, b, args.duration, args.warmup, CpuMeter(dict(me))))
+                add(ort_inproc.measure(sess, b, args.duration, args.warmup, CpuMeter(dict(me)), label="ort defaults"))
+            # the options the served model uses; the faster batch-1 figure is the baseline
+            sess = ort_inproc.session(onnx, args.intra_op_threads, args.allow_spinning or "0")
+            add(ort_inproc.measure(sess, 1, args.duration, args.warmup, CpuMeter(dict(me)), label="as served"))
             del sess
         if not parts & {"b", "c"}:
             return result
         print("starting the embedded Triton ...", flush=True)
-        with servers.triton(repo, work, tuning) as tri:
+        with servers.triton(repo, work, tuning, args.triton_venv) as tri:
             assert tri.pid is not None
             pg = tri.pid
-            sel: dict[str, Selector] = {**me, "triton": lambda: group_pids(pg, stub=False),
-                                        "stub": lambda: stub_pids(pg)}
+            sel: dict[str, Selector] = {
+                **me,
+                "triton": lambda: group_pids(pg, stub=False),
+                "stub": lambda: stub_pids(pg),
+            }
             spec = triton_load.ModelSpec.read(tri.grpc_url, servers.MODEL)
 
             def window(extra: dict[str, Selector] | None = None) -> triton_load.StatsWindow:
@@ -115,7 +147,9 @@ def run(args: argparse.Namespace) -> Run:
             if "b" in parts:
                 print("(b) Triton over gRPC, batch-1 requests", flush=True)
                 clients: dict[str, Callable[..., Level]] = {
-                    "aio": triton_load.measure_aio, "sync": triton_load.measure_sync}
+                    "aio": triton_load.measure_aio,
+                    "sync": triton_load.measure_sync,
+                }
                 for c in args.concurrency:
                     for name in args.clients.split(","):
                         add(clients[name](tri.grpc_url, spec, Load(c, args.warmup, args.duration), window()))
@@ -128,8 +162,7 @@ def run(args: argparse.Namespace) -> Run:
                     for c in args.gateway_concurrency:
                         load = Load(c, args.warmup, args.duration)
                         add(gateway_load.measure_gateway(gw.url, data, load, window({"gateway": pid(gpid)})))
-                        add(gateway_load.measure_direct(tri.grpc_url, spec, data, load,
-                                                        window({"gateway": pid(gpid)})))
+                        add(gateway_load.measure_direct(tri.grpc_url, spec, data, load, window({"gateway": pid(gpid)})))
     return result
 
 

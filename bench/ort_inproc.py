@@ -16,7 +16,10 @@ from bench.procstat import CpuMeter
 from bench.results import Latency, Level
 
 
-def session(model: Path, intra_op_threads: int = 0, allow_spinning: str = "0") -> ort.InferenceSession:
+def session(model: Path, intra_op_threads: int | None = None, allow_spinning: str = "0") -> ort.InferenceSession:
+    """``intra_op_threads=None``: onnxruntime's defaults (all cores, spinning worker threads)."""
+    if intra_op_threads is None:
+        return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -35,7 +38,9 @@ def sample_input(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[
     return {inp.name: rng.standard_normal(size=shape, dtype=np.float32)}
 
 
-def measure(sess: ort.InferenceSession, batch: int, duration: float, warmup: float, meter: CpuMeter) -> Level:
+def measure(
+    sess: ort.InferenceSession, batch: int, duration: float, warmup: float, meter: CpuMeter, *, label: str
+) -> Level:
     feeds = sample_input(sess, batch)
     outputs = [o.name for o in sess.get_outputs()]
     end = time.perf_counter() + warmup
@@ -50,7 +55,14 @@ def measure(sess: ort.InferenceSession, batch: int, duration: float, warmup: flo
         samples.append(time.perf_counter() - now)
     elapsed = time.perf_counter() - t0
     return Level(
-        path="ort", client=f"in-process b{batch}", concurrency=1, batch=batch,
-        images_per_s=len(samples) * batch / elapsed, requests=len(samples), errors=0, seconds=elapsed,
-        latency=Latency.of(samples), cpu_cores=meter.cores(),
+        path="ort",
+        client=f"{label} b{batch}",
+        concurrency=1,
+        batch=batch,
+        images_per_s=len(samples) * batch / elapsed,
+        requests=len(samples),
+        errors=0,
+        seconds=elapsed,
+        latency=Latency.of(samples),
+        cpu_cores=meter.cores(),
     )

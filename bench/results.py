@@ -35,6 +35,9 @@ class TritonStats:
     executions: int
     queue_ms: float  # mean per request
     compute_ms: float  # mean per request: input + infer + output
+    compute_input_ms: float = math.nan  # the parts of compute_ms
+    compute_infer_ms: float = math.nan
+    compute_output_ms: float = math.nan
 
     @property
     def avg_batch(self) -> float:
@@ -58,6 +61,11 @@ class Level:
     triton: TritonStats | None = None
 
     @property
+    def disturbed(self) -> bool:
+        """Other processes used more than a quarter core while this level ran: compare with care."""
+        return self.cpu_cores.get("other", 0.0) > 0.25
+
+    @property
     def label(self) -> str:
         return f"{self.path}/{self.client}"
 
@@ -68,18 +76,19 @@ class Run:
     config: dict[str, Any]
     levels: list[Level] = field(default_factory=list)
 
-    def best(self, path: str, client: str | None = None, concurrency: int | None = None) -> Level | None:
+    def best(self, path: str, *, concurrency: int | None = None, batch: int | None = None) -> Level | None:
         found = [
             lv
             for lv in self.levels
-            if lv.path == path and (client is None or lv.client == client)
+            if lv.path == path
             and (concurrency is None or lv.concurrency == concurrency)
+            and (batch is None or lv.batch == batch)
         ]
         return max(found, key=lambda lv: lv.images_per_s, default=None)
 
     def ratios(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        base = self.best("ort", concurrency=1)
+        base = self.best("ort", batch=1)  # the headline baseline: sequential batch-1 onnxruntime
         for lv in self.levels:
             if lv.path == "triton" and base:
                 out[f"triton/{lv.client}@{lv.concurrency} vs ort b1"] = lv.images_per_s / base.images_per_s
@@ -113,21 +122,49 @@ def _cpu(lv: Level) -> str:
 
 
 def table(run: Run) -> str:
-    head = ("path", "client", "conc", "batch", "img/s", "p50 ms", "p99 ms", "err", "avg batch", "queue ms",
-            "compute ms", "CPU cores")
+    head = (
+        "path",
+        "client",
+        "conc",
+        "batch",
+        "img/s",
+        "p50 ms",
+        "p99 ms",
+        "err",
+        "avg batch",
+        "queue ms",
+        "compute ms",
+        "CPU cores",
+    )
     rows: list[tuple[str, ...]] = [head]
     for lv in run.levels:
         t = lv.triton
-        rows.append((
-            lv.path, lv.client, str(lv.concurrency), str(lv.batch), f"{lv.images_per_s:.1f}",
-            f"{lv.latency.p50_ms:.2f}", f"{lv.latency.p99_ms:.2f}", str(lv.errors),
-            f"{t.avg_batch:.2f}" if t else "", f"{t.queue_ms:.2f}" if t else "", f"{t.compute_ms:.2f}" if t else "",
-            _cpu(lv),
-        ))
+        rows.append(
+            (
+                lv.path,
+                lv.client,
+                str(lv.concurrency),
+                str(lv.batch),
+                f"{lv.images_per_s:.1f}" + ("*" if lv.disturbed else ""),
+                f"{lv.latency.p50_ms:.2f}",
+                f"{lv.latency.p99_ms:.2f}",
+                str(lv.errors),
+                f"{t.avg_batch:.2f}" if t else "",
+                f"{t.queue_ms:.2f}" if t else "",
+                f"{t.compute_ms:.2f}" if t else "",
+                _cpu(lv),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 1, 11) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-             strict=True))).rstrip() for r in rows]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in (0, 1, 11) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(lv.disturbed for lv in run.levels):
+        lines.append("* other processes used > 0.25 core during this level (see CPU 'other'): numbers are low")
     ratios = run.ratios()
     if ratios:
         lines.append("")

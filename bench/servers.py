@@ -49,8 +49,19 @@ def free_port() -> int:
 
 def export_model(repo: Path, input_dtype: str = "uint8") -> Path:
     """``python -m export`` with random weights into ``repo``; returns the ONNX file."""
-    cmd = [sys.executable, "-m", "export", MODEL, "--weights", "random", "--repo", str(repo),
-           "--input-dtype", input_dtype, "--write-config"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "export",
+        MODEL,
+        "--weights",
+        "random",
+        "--repo",
+        str(repo),
+        "--input-dtype",
+        input_dtype,
+        "--write-config",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"export failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -74,12 +85,13 @@ def tuned_copy(source: Path, target: Path, tuning: ServerTuning) -> Path:
 
 
 @contextlib.contextmanager
-def triton(repo: Path, work_dir: Path, tuning: ServerTuning) -> Iterator[EmbeddedTriton]:
+def triton(
+    repo: Path, work_dir: Path, tuning: ServerTuning, venv: Path = ROOT / ".venv-triton"
+) -> Iterator[EmbeddedTriton]:
     repo = tuned_copy(repo, work_dir / "source", tuning)
     ports = TritonPorts(grpc=free_port(), http=free_port(), metrics=free_port())
     cpu = CpuOptions(instance_count=tuning.instance_count, intra_op_threads=tuning.intra_op_threads)
-    server = EmbeddedTriton(model_repository=repo, work_dir=work_dir / "triton", venv=ROOT / ".venv-triton",
-                            ports=ports, cpu=cpu)
+    server = EmbeddedTriton(model_repository=repo, work_dir=work_dir / "triton", venv=venv, ports=ports, cpu=cpu)
     with server:
         yield server
 
@@ -98,10 +110,23 @@ class Gateway:
 def gateway(triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0) -> Iterator[Gateway]:
     """The real gateway: ``uvicorn gateway.main:create_app --factory`` (access log off)."""
     port = free_port()
-    env = dict(os.environ, APP_TRITON__URL=triton_grpc, APP_PREPROCESS__WORKERS=str(workers),
-               APP_SERVER__LOG_LEVEL="warning")
-    cmd = [sys.executable, "-m", "uvicorn", "gateway.main:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    env = dict(
+        os.environ, APP_TRITON__URL=triton_grpc, APP_PREPROCESS__WORKERS=str(workers), APP_SERVER__LOG_LEVEL="warning"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "gateway.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     work_dir.mkdir(parents=True, exist_ok=True)
     with (work_dir / "gateway.log").open("ab") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -65,12 +65,15 @@ def stats_delta(a: service_pb2.ModelStatistics, b: service_pb2.ModelStatistics) 
     def per_request(name: str) -> float:
         return float(getattr(ib, name).ns - getattr(ia, name).ns) / max(n, 1) / 1e6
 
-    compute = per_request("compute_input") + per_request("compute_infer") + per_request("compute_output")
+    parts = {name: per_request(f"compute_{name}") for name in ("input", "infer", "output")}
     return TritonStats(
         requests=b.inference_count - a.inference_count,
         executions=b.execution_count - a.execution_count,
         queue_ms=per_request("queue"),
-        compute_ms=compute,
+        compute_ms=sum(parts.values()),
+        compute_input_ms=parts["input"],
+        compute_infer_ms=parts["infer"],
+        compute_output_ms=parts["output"],
     )
 
 
@@ -97,9 +100,17 @@ def level(path: str, client: str, load: Load, r: LoopResult, window: StatsWindow
     if r.first_error:
         print(f"  {path}/{client}@{load.concurrency}: {r.errors} errors, first: {r.first_error[:300]}")
     return Level(
-        path=path, client=client, concurrency=load.concurrency, batch=1,
-        images_per_s=len(r.latencies) / r.elapsed, requests=len(r.latencies), errors=r.errors, seconds=r.elapsed,
-        latency=Latency.of(r.latencies), cpu_cores=cores, triton=stats,
+        path=path,
+        client=client,
+        concurrency=load.concurrency,
+        batch=1,
+        images_per_s=len(r.latencies) / r.elapsed,
+        requests=len(r.latencies),
+        errors=r.errors,
+        seconds=r.elapsed,
+        latency=Latency.of(r.latencies),
+        cpu_cores=cores,
+        triton=stats,
     )
 
 
@@ -123,6 +134,7 @@ async def _measure_aio(url: str, spec: ModelSpec, load: Load, on_start: Callable
     inp = spec.infer_input(spec.sample())
     outputs = [grpcclient.InferRequestedOutput(OUTPUT, class_count=top_k)]
     async with grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS) as client:
+
         async def work() -> object:
             return await client.infer(spec.name, [inp], outputs=outputs, client_timeout=10)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from embedded_triton.repository import CpuOptions, RepositoryError
+from embedded_triton.repository import CpuOptions, RepositoryError, default_instances
 from embedded_triton.server import EmbeddedTriton, TritonPorts, main_loop
 
 
@@ -21,8 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=d.grpc)
     p.add_argument("--http-port", type=int, default=d.http)
     p.add_argument("--metrics-port", type=int, default=d.metrics)
-    p.add_argument("--instances", type=int, default=1, help="model instances per model (default: %(default)s)")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per instance, 0 = all cores")
+    p.add_argument(
+        "--instances", type=int, default=default_instances(), help="model instances per model (default: one per core)"
+    )
+    p.add_argument(
+        "--intra-op-threads", type=int, default=1, help="onnxruntime threads per instance, 0 = all cores (default: 1)"
+    )
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument(

@@ -69,10 +69,12 @@ input [
 output [
 {outputs}
 ]
-# Requests from concurrent clients and streams are batched on the server.
+# Requests from concurrent clients and streams are batched on the server: whatever
+# queues while the instances are busy forms the next batch. A long extra delay buys
+# little (measured: 500 us cost 0.6 ms at concurrency 1 and no throughput at 8-16).
 dynamic_batching {{
   preferred_batch_size: [ 4, 8, 16 ]
-  max_queue_delay_microseconds: 500
+  max_queue_delay_microseconds: 100
 }}
 instance_group [
   {{

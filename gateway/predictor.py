@@ -111,15 +111,26 @@ class Predictor:
         x = chw if info.input_datatype == "UINT8" else normalize(chw, pre.mean, pre.std).astype(info.input_dtype)
         return x[np.newaxis], (time.perf_counter() - t0) * 1000
 
+    def _decode_prepare(self, data: bytes, info: ModelInfo) -> tuple[Image.Image, np.ndarray, float, float]:
+        image, decode_ms = self._decode(data)
+        batch, preprocess_ms = self._prepare(image, info)
+        return image, batch, decode_ms, preprocess_ms
+
     async def predict(self, data: bytes, *, model: str | None = None, top_k: int | None = None) -> Prediction:
         name = model or self._settings.model
         k = top_k or self._settings.top_k
         loop = asyncio.get_running_loop()
-        image, decode_ms = await loop.run_in_executor(self._executor, self._decode, data)
-        info = await self.model(name)
+        info = self._models.get(name)
+        if info is not None:  # the common case: one hop to the worker threads
+            image, batch, decode_ms, preprocess_ms = await loop.run_in_executor(
+                self._executor, self._decode_prepare, data, info
+            )
+        else:  # decode first, so a bad image is a 400 even while Triton is down
+            image, decode_ms = await loop.run_in_executor(self._executor, self._decode, data)
+            info = await self.model(name)
+            batch, preprocess_ms = await loop.run_in_executor(self._executor, self._prepare, image, info)
         if k > info.num_classes:
             raise BadRequest(f"top_k={k} exceeds the {info.num_classes} classes of model {name}")
-        batch, preprocess_ms = await loop.run_in_executor(self._executor, self._prepare, image, info)
         t0 = time.perf_counter()
         classes = (await self._client.classify(info, batch, k))[0]
         inference_ms = (time.perf_counter() - t0) * 1000

@@ -56,8 +56,8 @@ def decode_image(data: bytes, *, allowed: tuple[str, ...], max_pixels: int) -> I
             if width * height > max_pixels:
                 raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
             opened.load()  # truncated or corrupt data fails here
-            upright = ImageOps.exif_transpose(opened)  # as the camera held it
-            return upright.convert("RGB")
+            ImageOps.exif_transpose(opened, in_place=True)  # as the camera held it; no copy without EXIF
+            return opened if opened.mode == "RGB" else opened.convert("RGB")
     except (PayloadTooLarge, BadImage):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

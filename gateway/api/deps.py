@@ -1,4 +1,7 @@
-"""Typed dependencies: routes receive the lifespan's objects, never globals."""
+"""Typed dependencies: routes receive the lifespan's objects, never globals.
+
+``async def`` on purpose: a plain ``def`` dependency costs a worker-thread hop per request.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,17 @@ from gateway.inference import TritonClient
 from gateway.predictor import Predictor
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_client(request: Request) -> TritonClient:
+async def get_client(request: Request) -> TritonClient:
     client: TritonClient = request.app.state.triton
     return client
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     predictor: Predictor = request.app.state.predictor
     return predictor
 
