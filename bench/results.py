@@ -49,7 +49,7 @@ class Level:
     """One measured point: a path, a client, a concurrency (or batch size)."""
 
     path: str  # ort | triton | gateway | direct
-    client: str  # ort-batch, grpc-aio, grpc-sync, httpx, pil+grpc-sync, ...
+    client: str  # ort defaults, as served, grpc-aio, grpc-sync, http keep-alive, pil+grpc-sync
     concurrency: int
     batch: int
     images_per_s: float
