@@ -43,6 +43,19 @@ $(TVENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed $(TVENV)/.installed ## Create both Python environments (.venv, .venv-triton)
 
+# A real RTSP server for the tests: GStreamer's gst-rtsp-server, driven by the system python3 + gi.
+APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi
+RTSP_CHECK := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+
+system-deps: ## Debian packages the tests need (GStreamer RTSP server); uses sudo when not root
+	@if $(RTSP_CHECK) 2>/dev/null; then echo ">> system packages present"; else \
+	  echo ">> apt-get install $(APT_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	  $(RTSP_CHECK); fi
+
 # --- model ----------------------------------------------------------------------
 $(ONNX): | $(VENV)/.installed
 	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO) --offline-fallback-random
@@ -80,10 +93,10 @@ typecheck: $(VENV)/.installed ## mypy
 test-unit: $(VENV)/.installed ## Fast tests: no servers
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup ## Tests against the real Triton and the real gateway (uvicorn)
+test-integration: setup system-deps ## Tests against the real Triton, RTSP server and gateway (uvicorn)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: setup lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
+test: setup system-deps lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
@@ -95,4 +108,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and both environments
 	rm -rf $(VENV) $(TVENV) *.egg-info
 
-.PHONY: help setup model export run triton gateway lint fmt typecheck test-unit test-integration test bench clean distclean
+.PHONY: help setup system-deps model export run triton gateway lint fmt typecheck test-unit test-integration test bench clean distclean

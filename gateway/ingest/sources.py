@@ -1,0 +1,87 @@
+"""What a stream reads from: RTSP(S) URLs, local video files, webcams by index.
+
+``parse_source`` turns a configured string into a ``SourceSpec``; ``redact`` hides
+the password of a URL for logs, errors and API output; ``ffmpeg_options`` restricts
+FFmpeg to the protocols a kind of source needs, so an RTSP URL cannot make the
+decoder open local files or other schemes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SourceKind(enum.Enum):
+    RTSP = "rtsp"
+    FILE = "file"
+    WEBCAM = "webcam"
+
+
+# FFmpeg's protocol_whitelist per kind: RTSP needs its transports, a file only "file".
+_PROTOCOLS = {
+    SourceKind.RTSP: "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    SourceKind.FILE: "file",
+}
+
+
+class SourceError(ValueError):
+    """A source string that is not an RTSP URL, a video file or a webcam index."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: SourceKind
+    location: str  # URL, file path, or the webcam index as text
+    loop: bool = False  # files only: start again at the end
+
+    @property
+    def live(self) -> bool:
+        """Live sources drop frames to stay current; files are paced at their own rate."""
+        return self.kind is not SourceKind.FILE
+
+    @property
+    def display(self) -> str:
+        return redact(self.location)
+
+
+def parse_source(text: str, *, loop: bool = False) -> SourceSpec:
+    text = text.strip()
+    if text.isdigit():
+        return SourceSpec(SourceKind.WEBCAM, str(int(text)))
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("rtsp", "rtsps"):
+        if not urlsplit(text).hostname:
+            raise SourceError(f"{redact(text)}: an RTSP URL needs a host")
+        return SourceSpec(SourceKind.RTSP, text)
+    if scheme == "file":
+        text = urlsplit(text).path
+    elif scheme:
+        raise SourceError(
+            f"unsupported source scheme {scheme!r} (use rtsp://, rtsps://, a file path or a webcam index)"
+        )
+    return SourceSpec(SourceKind.FILE, str(Path(text)), loop=loop)
+
+
+def redact(url: str) -> str:
+    """``rtsp://user:secret@host/path`` → ``rtsp://user:***@host/path``."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def ffmpeg_options(spec: SourceSpec, *, transport: str = "tcp") -> str:
+    """The OPENCV_FFMPEG_CAPTURE_OPTIONS value for a source (key;value pairs joined by |)."""
+    options = {"analyzeduration": "0", "probesize": "32"} if spec.kind is SourceKind.RTSP else {}
+    if spec.kind is SourceKind.RTSP:
+        options["rtsp_transport"] = transport
+    if spec.kind in _PROTOCOLS:
+        options["protocol_whitelist"] = _PROTOCOLS[spec.kind]
+    return "|".join(f"{k};{v}" for k, v in options.items())

@@ -1,0 +1,197 @@
+"""Ingest against a real RTSP server (GStreamer) and real H.264 files (PyAV)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, parse_source
+from tests.helpers import free_port, wait_until
+from tests.peers.clips import write_clip
+from tests.peers.rtsp import RtspServer
+
+pytestmark = pytest.mark.integration
+FAST = ReaderConfig(
+    sample_fps=5, width=320, height=180, open_timeout_s=3, read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=1.0
+)
+
+
+@pytest.fixture
+def rtsp() -> Iterator[RtspServer]:
+    server = RtspServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+
+    def __call__(self, change: StateChange) -> None:
+        self.changes.append(change)
+
+    def states(self) -> list[StreamState]:
+        return [c.new for c in self.changes]
+
+
+def reader_for(url: str, config: ReaderConfig = FAST, loop: bool = False) -> tuple[StreamReader, Recorder]:
+    rec = Recorder()
+    return StreamReader("cam", parse_source(url, loop=loop), config, on_state=rec), rec
+
+
+def collect(reader: StreamReader, seconds: float) -> list[float]:
+    """Take every new frame for ``seconds``; return the frames' ages when taken."""
+    ages, last, end = [], 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        frame = reader.latest(after=last, timeout=0.5)
+        if frame is not None:
+            last = frame.index
+            ages.append(time.monotonic() - frame.captured_mono)
+    return ages
+
+
+def test_rtsp_frames_arrive_at_the_sampling_rate(rtsp: RtspServer) -> None:
+    reader, rec = reader_for(rtsp.url)
+    reader.start()
+    try:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        collect(reader, 1.0)  # settle
+        ages = collect(reader, 4.0)
+        # 5 fps sampled from a 25 fps source for 4 s
+        assert 16 <= len(ages) <= 24, f"{len(ages)} frames in 4 s at sample_fps=5"
+        frame = reader.latest(timeout=2)
+        assert frame is not None and frame.image.shape == (180, 320, 3)
+        assert reader.stats.frames_skipped > 2 * reader.stats.frames_sampled, "unsampled frames must be skipped"
+        assert 4.0 <= reader.stats.fps <= 6.0
+    finally:
+        reader.stop()
+        assert reader.join(10)
+    assert rec.states()[-1] is StreamState.STOPPED
+    reader.stop()  # idempotent
+
+
+def test_killed_server_reconnects_and_recovers(rtsp: RtspServer) -> None:
+    reader, rec = reader_for(rtsp.url)
+    assert rec.states() == []
+    reader.start()
+    try:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        rtsp.kill()
+        t0 = time.monotonic()
+        wait_until(lambda: reader.state is StreamState.RECONNECTING, 5, interval=0.05, what="reconnecting")
+        assert time.monotonic() - t0 < 5
+        again = RtspServer(port=rtsp.port)
+        try:
+            wait_until(lambda: reader.state is StreamState.RUNNING, 15, what="running after restart")
+            before = reader.stats.frames_sampled
+            wait_until(lambda: reader.stats.frames_sampled > before + 3, 5, what="frames after restart")
+        finally:
+            again.stop()
+        assert reader.stats.reconnects >= 1
+    finally:
+        reader.stop()
+        reader.join(10)
+
+
+def test_frozen_server_is_detected_within_the_read_timeout(rtsp: RtspServer) -> None:
+    reader, _ = reader_for(rtsp.url)
+    reader.start()
+    try:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        rtsp.freeze()
+        t0 = time.monotonic()
+        try:
+            wait_until(lambda: reader.state is StreamState.RECONNECTING, 10, interval=0.05, what="reconnecting")
+            detected = time.monotonic() - t0
+        finally:
+            rtsp.thaw()
+        assert detected < FAST.read_timeout_s + 2.5, f"a frozen source took {detected:.1f}s to detect"
+        wait_until(lambda: reader.state is StreamState.RUNNING, 20, what="running after SIGCONT")
+    finally:
+        reader.stop()
+        assert reader.join(15), "the reader thread must stop within its bounded waits"
+
+
+def test_unreachable_source_fails_after_max_retries() -> None:
+    config = ReaderConfig(open_timeout_s=1, read_timeout_s=1, backoff_initial_s=0.1, max_retries=2)
+    reader, rec = reader_for(f"rtsp://127.0.0.1:{free_port()}/nothing", config)
+    reader.start()
+    assert reader.join(20)
+    assert rec.states()[-1] is StreamState.FAILED and StreamState.RECONNECTING in rec.states()
+    assert reader.latest(timeout=0.1) is None
+
+
+def test_file_without_loop_ends(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", seconds=1.5, fps=25)
+    reader, rec = reader_for(str(clip))
+    t0 = time.monotonic()
+    reader.start()
+    assert reader.join(10)
+    took = time.monotonic() - t0
+    assert rec.states() == [StreamState.RUNNING, StreamState.ENDED]
+    assert 1.2 <= took <= 4, f"a 1.5 s clip should play at its own rate, took {took:.1f}s"
+    assert reader.stats.frames_read == 37 or abs(reader.stats.frames_read - 37) <= 1
+
+
+def test_file_with_loop_keeps_running(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", seconds=1.0, fps=25)
+    reader, rec = reader_for(str(clip), loop=True)
+    reader.start()
+    try:
+        time.sleep(3)
+        assert reader.state is StreamState.RUNNING
+        assert reader.stats.frames_read > 60, "three passes over a 25-frame clip"
+    finally:
+        reader.stop()
+        reader.join(5)
+    assert StreamState.ENDED not in rec.states()
+
+
+def test_rtsp_file_source(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", seconds=2.0)
+    server = RtspServer(file=clip)
+    try:
+        reader, _ = reader_for(server.url)
+        reader.start()
+        try:
+            wait_until(lambda: reader.stats.frames_sampled >= 3, 10, what="frames from an RTSP-served MP4")
+        finally:
+            reader.stop()
+            reader.join(10)
+    finally:
+        server.stop()
+
+
+def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(rtsp: RtspServer) -> None:
+    config = ReaderConfig(sample_fps=10, width=320, height=180, read_timeout_s=2)
+    reader, _ = reader_for(rtsp.url, config)
+    reader.start()
+    try:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        ages, last = [], 0
+        for _ in range(6):  # a consumer four times slower than the sampling
+            time.sleep(0.4)
+            frame = reader.latest(after=last, timeout=2)
+            assert frame is not None
+            last = frame.index
+            ages.append(time.monotonic() - frame.captured_mono)
+        assert max(ages) < 0.25, f"frame ages {ages}: latency must not build up behind a slow consumer"
+        assert reader.stats.frames_dropped >= 10
+    finally:
+        reader.stop()
+        reader.join(10)
+
+
+def test_credentials_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    config = ReaderConfig(open_timeout_s=1, backoff_initial_s=0.1, max_retries=1)
+    reader, _ = reader_for(f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/x", config)
+    reader.start()
+    reader.join(15)
+    assert "admin:***@" in caplog.text and "s3cret" not in caplog.text

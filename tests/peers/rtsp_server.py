@@ -1,0 +1,60 @@
+#!/usr/bin/python3
+"""A real RTSP server (GStreamer's gst-rtsp-server), run with the system python3 + gi.
+
+    /usr/bin/python3 tests/peers/rtsp_server.py [--port 0] [--file clip.mp4] [--width 640 --height 360 --fps 25]
+
+Serves ``rtsp://127.0.0.1:PORT/test``: a live test pattern encoded with x264 and
+shared by all clients, or an H.264 MP4 sent without re-encoding (from the start
+for each client, then end of stream).  Prints ``PORT <n>`` once it listens; exits
+on SIGTERM/SIGINT.
+"""
+
+import argparse
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--file")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=25)
+    args = p.parse_args()
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(args.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    if args.file:
+        launch = f'( filesrc location="{args.file}" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 )'
+        factory.set_shared(False)
+    else:
+        launch = (
+            f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},height={args.height},"
+            f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
+            "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
+        factory.set_shared(True)
+    factory.set_launch(launch)
+    server.get_mount_points().add_factory("/test", factory)
+    if server.attach(None) == 0:
+        print("could not bind", file=sys.stderr)
+        return 1
+    print(f"PORT {server.get_bound_port()}", flush=True)
+    loop = GLib.MainLoop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Source parsing, redaction and FFmpeg protocol restriction."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.ingest.sources import SourceError, SourceKind, ffmpeg_options, parse_source, redact
+
+
+def test_kinds() -> None:
+    assert parse_source("rtsp://cam.local:554/stream1").kind is SourceKind.RTSP
+    assert parse_source("rtsps://cam.local/s").kind is SourceKind.RTSP
+    assert parse_source("0").kind is SourceKind.WEBCAM and parse_source("0").location == "0"
+    spec = parse_source("/videos/a.mp4", loop=True)
+    assert spec.kind is SourceKind.FILE and spec.loop and not spec.live
+    assert parse_source("file:///videos/a.mp4").location == "/videos/a.mp4"
+
+
+@pytest.mark.parametrize("bad", ["http://x/a.mp4", "ftp://x/y", "rtsp:///nohost"])
+def test_unsupported_sources(bad: str) -> None:
+    with pytest.raises(SourceError):
+        parse_source(bad)
+
+
+def test_redact() -> None:
+    assert redact("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert redact("rtsp://10.0.0.5/live") == "rtsp://10.0.0.5/live"
+    assert "s3cret" not in parse_source("rtsp://u:s3cret@h/x").display
+
+
+def test_ffmpeg_protocols_are_restricted_per_kind() -> None:
+    rtsp = ffmpeg_options(parse_source("rtsp://h/x"))
+    assert "protocol_whitelist;rtsp,rtsps,rtp,srtp,udp,tcp,tls" in rtsp and "file" not in rtsp
+    assert "rtsp_transport;tcp" in rtsp
+    assert ffmpeg_options(parse_source("/a.mp4")) == "protocol_whitelist;file"
