@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from gateway.errors import ConfigError
@@ -84,6 +84,38 @@ class PreprocessSettings(_Section):
         return v
 
 
+class StreamConfig(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Stream id, used in URLs.")
+    url: str = Field(min_length=1, description="rtsp:// or rtsps:// URL, video file path, or webcam index.")
+    sample_fps: float | None = Field(
+        None, gt=0, le=120, description="Frames per second sampled (default: frame_sample_fps)."
+    )
+    width: int | None = Field(None, ge=16, le=7680, description="Frame width after ingest (default: frame_width).")
+    height: int | None = Field(None, ge=16, le=4320, description="Frame height after ingest (default: frame_height).")
+    model: str | None = Field(None, min_length=1, description="Triton model for this stream (default: model).")
+    loop: bool = Field(False, description="Files only: start again at the end.")
+
+
+class StreamPolicy(_Section):
+    allowed_schemes: tuple[Literal["rtsp", "rtsps"], ...] = Field(
+        ("rtsp", "rtsps"), description="URL schemes POST /streams accepts (files and webcams are config-only)."
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="Hosts POST /streams may reach; empty refuses every runtime-added stream."
+    )
+
+
+class IngestSettings(_Section):
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on opening a source.")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A source silent this long is reconnected.")
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles, with jitter.")
+    backoff_max_s: float = Field(10.0, gt=0, le=600, description="Cap on the reconnect delay.")
+    max_retries: int | None = Field(None, ge=0, description="Reconnects before a stream is failed; null: forever.")
+    subscriber_queue: int = Field(16, ge=1, le=1024, description="Events buffered per SSE subscriber (oldest dropped).")
+    send_timeout_s: float = Field(10.0, gt=0, le=300, description="An SSE subscriber that stops reading is dropped.")
+    keepalive_s: float = Field(15.0, gt=0, le=60, description="SSE keep-alive comment interval.")
+
+
 class ServerSettings(_Section):
     host: str = Field("0.0.0.0", description="Address the gateway listens on.")  # noqa: S104 - a server
     port: int = Field(8000, ge=0, lt=65536, description="Port the gateway listens on.")
@@ -104,10 +136,27 @@ class Settings(BaseSettings):
     frame_height: int = Field(360, ge=16, le=4320, description="Height frames are resized to after ingest (streams).")
     frame_sample_fps: float = Field(2.0, gt=0, le=120, description="Frames per second sampled from each stream.")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
+    rtsp_url: str | None = Field(None, description="The default stream (id 'default'), served by GET /stream.")
+    streams: tuple[StreamConfig, ...] = Field((), description="Streams started with the gateway.")
+    stream_policy: StreamPolicy = Field(default_factory=StreamPolicy)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _unique_stream_ids(self) -> Settings:
+        ids = [s.id for s in self.all_streams()]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"stream ids must be unique: {duplicates}")
+        return self
+
+    def all_streams(self) -> list[StreamConfig]:
+        """Configured streams, with rtsp_url first as the 'default' stream."""
+        extra = [StreamConfig(id="default", url=self.rtsp_url)] if self.rtsp_url else []
+        return extra + list(self.streams)
 
     @classmethod
     def settings_customise_sources(

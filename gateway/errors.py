@@ -65,3 +65,19 @@ class InferenceFailed(GatewayError):
 
     status = 502
     code = "inference_failed"
+
+
+class StreamNotFound(GatewayError):
+    status = 404
+    code = "stream_not_found"
+
+
+class StreamConflict(GatewayError):
+    status = 409
+    code = "stream_exists"
+
+
+class StreamRefused(BadRequest):
+    """A runtime-added stream outside the URL policy: never opened."""
+
+    code = "stream_refused"

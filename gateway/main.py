@@ -13,9 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from gateway.api import errors
 from gateway.api.routes import health, predict
+from gateway.api.routes import streams as stream_routes
 from gateway.config import Settings, load_settings
 from gateway.inference import TritonClient
 from gateway.predictor import Predictor
+from gateway.streams import StreamManager
 
 log = logging.getLogger("gateway")
 
@@ -30,11 +32,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = TritonClient(settings.triton)
         await client.start()
         predictor = Predictor(settings, client, executor)
-        app.state.triton, app.state.predictor = client, predictor
+        streams = StreamManager(settings, predictor)
+        app.state.triton, app.state.predictor, app.state.streams = client, predictor, streams
         try:
             await predictor.start(settings.triton.startup_timeout_s)
+            await streams.start()
             yield
         finally:
+            await streams.stop()
             await client.stop()
             executor.shutdown(wait=True, cancel_futures=True)
 
@@ -50,10 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
         )
     errors.install(app, retry_after_s=settings.triton.retry_after_s)
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(stream_routes.router)
     return app

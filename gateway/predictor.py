@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -110,6 +111,21 @@ class Predictor:
         chw = classifier_input(image, resize_size=pre.resize_size, crop_hw=info.crop_hw)
         x = chw if info.input_datatype == "UINT8" else normalize(chw, pre.mean, pre.std).astype(info.input_dtype)
         return x[np.newaxis], (time.perf_counter() - t0) * 1000
+
+    def _prepare_frame(self, bgr: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, float]:
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self._prepare(Image.fromarray(rgb), info)
+
+    async def predict_frame(self, bgr: np.ndarray, *, model: str | None = None, top_k: int | None = None) -> Prediction:
+        """A decoded video frame (H x W x 3 BGR, from ingest) → top-k."""
+        info = await self.model(model or self._settings.model)
+        k = min(top_k or self._settings.top_k, info.num_classes)
+        loop = asyncio.get_running_loop()
+        batch, preprocess_ms = await loop.run_in_executor(self._executor, self._prepare_frame, bgr, info)
+        t0 = time.perf_counter()
+        classes = (await self._client.classify(info, batch, k))[0]
+        inference_ms = (time.perf_counter() - t0) * 1000
+        return Prediction(info, classes, bgr.shape[1], bgr.shape[0], 0.0, preprocess_ms, inference_ms)
 
     def _decode_prepare(self, data: bytes, info: ModelInfo) -> tuple[Image.Image, np.ndarray, float, float]:
         image, decode_ms = self._decode(data)

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from gateway.config import Settings
 from gateway.inference import TritonClient
 from gateway.predictor import Predictor
+from gateway.streams import StreamManager
 
 
 async def get_settings(request: Request) -> Settings:
@@ -32,3 +33,11 @@ async def get_predictor(request: Request) -> Predictor:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[TritonClient, Depends(get_client)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+async def get_streams(request: Request) -> StreamManager:
+    streams: StreamManager = request.app.state.streams
+    return streams
+
+
+StreamsDep = Annotated[StreamManager, Depends(get_streams)]

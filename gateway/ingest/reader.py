@@ -119,13 +119,15 @@ class StreamReader:
         stream_id: str,
         spec: SourceSpec,
         config: ReaderConfig,
-        on_state: Callable[[StateChange], None] | None = None,
+        on_state: Callable[[StateChange], object] | None = None,
+        on_frame: Callable[[], object] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.spec = spec
         self.config = config
         self.stats = ReaderStats()
         self._on_state = on_state
+        self._on_frame = on_frame
         self._state = StreamState.CONNECTING
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -309,3 +311,5 @@ class StreamReader:
             self.stats.last_frame_mono = mono
             self.stats._samples.append(mono)
             self._cond.notify_all()
+        if self._on_frame is not None:
+            self._on_frame()

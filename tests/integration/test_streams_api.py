@@ -1,0 +1,214 @@
+"""Live streams end to end: real RTSP server, real Triton, the gateway under uvicorn, SSE clients."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from embedded_triton import EmbeddedTriton
+from tests.helpers import GatewayProcess, gateway, wait_until
+from tests.peers.clips import write_clip
+from tests.peers.rtsp import RtspServer
+
+pytestmark = pytest.mark.integration
+FPS = 4
+
+
+def sse(
+    url: str, seconds: float, stop_after: int | None = None, into: list[tuple[str, dict[str, Any]]] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Read server-sent events for ``seconds`` (or until ``stop_after`` events), appending as they come."""
+    events: list[tuple[str, dict[str, Any]]] = [] if into is None else into
+    end = time.monotonic() + seconds
+    kind = "message"
+    with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=seconds + 20)) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["x-accel-buffering"] == "no"
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+            if time.monotonic() > end or (stop_after is not None and len(events) >= stop_after):
+                break
+    return events
+
+
+def predictions(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [data for kind, data in events if kind == "prediction"]
+
+
+def stream_info(gw: GatewayProcess, sid: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [s for s in httpx.get(f"{gw.url}/streams").json() if s["id"] == sid]
+    assert found, f"no stream {sid}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rtsp() -> Iterator[RtspServer]:
+    server = RtspServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def streams_gateway(
+    triton: EmbeddedTriton, rtsp: RtspServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("streams")
+    loop_clip = write_clip(tmp / "loop.mp4", seconds=1.0)
+    once_clip = write_clip(tmp / "once.mp4", seconds=1.5)
+    env = {
+        "APP_TRITON__URL": triton.grpc_url,
+        "APP_TRITON__REQUEST_TIMEOUT_S": "5",
+        "APP_RTSP_URL": rtsp.url,
+        "APP_FRAME_SAMPLE_FPS": str(FPS),
+        "APP_STREAMS": json.dumps(
+            [{"id": "clip", "url": str(loop_clip), "loop": True}, {"id": "once", "url": str(once_clip)}]
+        ),
+        "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "APP_INGEST__READ_TIMEOUT_S": "2",
+        "APP_INGEST__OPEN_TIMEOUT_S": "2",
+        "APP_INGEST__BACKOFF_INITIAL_S": "0.2",
+        "APP_INGEST__BACKOFF_MAX_S": "1",
+    }
+    with gateway(env, tmp / "gateway.log") as gw:
+        wait_until(lambda: stream_info(gw, "default")["state"] == "running", 20, what="default stream running")
+        yield gw
+
+
+def test_default_stream_predictions_arrive_at_the_sampling_rate(streams_gateway: GatewayProcess) -> None:
+    events = sse(f"{streams_gateway.url}/stream", 5.0)
+    preds = predictions(events)
+    assert events[0][0] == "status", "a new subscriber first learns the stream's state"
+    assert 0.6 * FPS * 5 <= len(preds) <= 1.4 * FPS * 5, f"{len(preds)} predictions in 5 s at {FPS} fps"
+    p = preds[-1]
+    assert p["stream"] == "default" and len(p["predictions"]) == 5 and p["model"] == "mobilenet_v3_small"
+    assert {"wait", "preprocess", "inference", "total"} <= set(p["latency_ms"])
+    ages = [q["latency_ms"]["total"] for q in preds]
+    assert max(ages) < 500, f"capture-to-event latency must stay bounded: {ages}"
+    frames = [q["frame"] for q in preds]
+    assert frames == sorted(frames)
+
+
+def test_streams_run_at_once_including_looping_and_ending_files(streams_gateway: GatewayProcess) -> None:
+    listed = {s["id"]: s for s in httpx.get(f"{streams_gateway.url}/streams").json()}
+    assert set(listed) == {"default", "clip", "once"}
+    assert len(predictions(sse(f"{streams_gateway.url}/streams/clip/events", 3.0))) >= 6
+    wait_until(lambda: stream_info(streams_gateway, "once")["state"] == "ended", 10, what="the non-looping file ends")
+    assert stream_info(streams_gateway, "clip")["state"] == "running", "the looping file keeps running"
+    health = httpx.get(f"{streams_gateway.url}/health/stream")
+    assert health.status_code == 503, "a configured stream that ended is not healthy"
+    assert health.json()["streams"]["once"]["state"] == "ended"
+
+
+def test_ten_subscribers_cost_no_more_inference_than_one(streams_gateway: GatewayProcess) -> None:
+    results: list[int] = []
+
+    def client() -> None:
+        results.append(len(predictions(sse(f"{streams_gateway.url}/stream", 4.0))))
+
+    before = stream_info(streams_gateway, "default")["inferences"]
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    assert stream_info(streams_gateway, "default")["subscribers"] >= 10
+    for t in threads:
+        t.join(30)
+    elapsed = time.monotonic() - t0
+    inferences = stream_info(streams_gateway, "default")["inferences"] - before
+    assert inferences <= FPS * elapsed * 1.3 + 2, f"{inferences} inferences in {elapsed:.1f}s for 10 subscribers"
+    assert len(results) == 10 and min(results) >= FPS * 2, f"every subscriber must receive events: {results}"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("file:///etc/passwd", "only RTSP"),
+        ("/etc/passwd", "only RTSP"),
+        ("0", "only RTSP"),
+        ("rtsp://192.0.2.10/cam", "not allowed"),
+        ("http://127.0.0.1/x", "unsupported"),
+    ],
+)
+def test_runtime_urls_outside_the_policy_are_refused(streams_gateway: GatewayProcess, url: str, why: str) -> None:
+    r = httpx.post(f"{streams_gateway.url}/streams", json={"id": "intruder", "url": url})
+    assert r.status_code == 400 and why in r.json()["error"]["message"], r.text
+    assert "intruder" not in {s["id"] for s in httpx.get(f"{streams_gateway.url}/streams").json()}
+
+
+def test_add_watch_and_remove_a_stream(streams_gateway: GatewayProcess, rtsp: RtspServer) -> None:
+    r = httpx.post(f"{streams_gateway.url}/streams", json={"id": "extra", "url": rtsp.url, "sample_fps": 2})
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{streams_gateway.url}/streams", json={"id": "extra", "url": rtsp.url}).status_code == 409
+    assert len(predictions(sse(f"{streams_gateway.url}/streams/extra/events", 10.0, stop_after=4))) >= 2
+    # a subscriber still watching when the stream is removed gets a final status and the end of the response
+    watching: list[tuple[str, dict[str, Any]]] = []
+    watcher = threading.Thread(
+        target=sse, args=(f"{streams_gateway.url}/streams/extra/events", 30.0), kwargs={"into": watching}
+    )
+    watcher.start()
+    time.sleep(1.0)
+    assert httpx.delete(f"{streams_gateway.url}/streams/extra").status_code == 204
+    watcher.join(10)
+    assert not watcher.is_alive(), "the SSE response must end when its stream is removed"
+    assert watching[-1][0] == "status" and watching[-1][1]["state"] == "stopped"
+    assert httpx.get(f"{streams_gateway.url}/streams/extra/events").status_code == 404
+    assert httpx.delete(f"{streams_gateway.url}/streams/extra").status_code == 404
+
+
+def test_killed_camera_reports_reconnecting_then_recovers(streams_gateway: GatewayProcess) -> None:
+    camera = RtspServer()
+    try:
+        r = httpx.post(f"{streams_gateway.url}/streams", json={"id": "cam", "url": camera.url})
+        assert r.status_code == 201
+        wait_until(lambda: stream_info(streams_gateway, "cam")["state"] == "running", 15, what="cam running")
+        seen: list[tuple[str, dict[str, Any]]] = []
+        reader = threading.Thread(
+            target=sse, args=(f"{streams_gateway.url}/streams/cam/events", 12.0), kwargs={"into": seen}
+        )
+        reader.start()
+        time.sleep(1.0)
+        camera.kill()
+        wait_until(
+            lambda: any(k == "status" and d["state"] == "reconnecting" for k, d in seen),
+            8,
+            what="a reconnecting status event",
+        )
+        camera = RtspServer(port=camera.port)
+        wait_until(lambda: stream_info(streams_gateway, "cam")["state"] == "running", 20, what="cam back")
+        reader.join(30)
+        after = [i for i, (k, d) in enumerate(seen) if k == "status" and d["state"] == "reconnecting"]
+        assert any(k == "prediction" for k, _ in seen[after[-1] :]), "predictions must resume after the restart"
+        assert stream_info(streams_gateway, "cam")["reconnects"] >= 1
+    finally:
+        camera.stop()
+        httpx.delete(f"{streams_gateway.url}/streams/cam")
+
+
+def test_stream_list_never_shows_credentials(streams_gateway: GatewayProcess) -> None:
+    r = httpx.post(f"{streams_gateway.url}/streams", json={"id": "secret", "url": "rtsp://admin:s3cret@127.0.0.1:9/x"})
+    assert r.status_code == 201 and "s3cret" not in r.text
+    try:
+        assert "s3cret" not in httpx.get(f"{streams_gateway.url}/streams").text
+        assert "admin:***@" in httpx.get(f"{streams_gateway.url}/streams").text
+    finally:
+        httpx.delete(f"{streams_gateway.url}/streams/secret")
+    assert "s3cret" not in streams_gateway.log()
+
+
+def test_unknown_stream_is_404(streams_gateway: GatewayProcess, tmp_path: Path) -> None:
+    r = httpx.get(f"{streams_gateway.url}/streams/nope/events")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found"
