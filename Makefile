@@ -102,10 +102,13 @@ test: setup system-deps lint typecheck ## Set up, then lint, typecheck and run e
 bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
 	$(PY) -m bench
 
+bench-streams: setup system-deps ## Stream density: N RTSP streams, gateway vs a naive loop; table, JSON, PNG
+	$(PY) -m bench.stream_density
+
 clean: ## Remove build output (keeps the environments)
 	rm -rf build bench/results .pytest_cache .mypy_cache .ruff_cache $(REPO)/*/[0-9]*/
 
 distclean: clean ## Remove build output and both environments
 	rm -rf $(VENV) $(TVENV) *.egg-info
 
-.PHONY: help setup system-deps model export run triton gateway lint fmt typecheck test-unit test-integration test bench clean distclean
+.PHONY: help setup system-deps model export run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams clean distclean

@@ -107,12 +107,15 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0) -> Iterator[Gateway]:
+def gateway(
+    triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0, extra_env: dict[str, str] | None = None
+) -> Iterator[Gateway]:
     """The real gateway: ``uvicorn gateway.main:create_app --factory`` (access log off)."""
     port = free_port()
     env = dict(
         os.environ, APP_TRITON__URL=triton_grpc, APP_PREPROCESS__WORKERS=str(workers), APP_SERVER__LOG_LEVEL="warning"
     )
+    env.update(extra_env or {})
     cmd = [
         sys.executable,
         "-m",
