@@ -122,6 +122,10 @@ class StreamWorker:
                 self.counters.errors += 1
                 log.warning("stream %s: inference failed: %s", self.id, e.message)
                 continue
+            except Exception:  # the loop never dies silently: log, count, go on with the next frame
+                self.counters.errors += 1
+                log.exception("stream %s: unexpected inference error", self.id)
+                continue
             if not self._triton_ok:
                 self._triton_ok = True
                 self._status(self.reader.state.value, "inference resumed", triton="available")

@@ -195,3 +195,14 @@ def test_credentials_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> No
     reader.start()
     reader.join(15)
     assert "admin:***@" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_missing_webcam_goes_through_the_same_reader_and_fails_cleanly() -> None:
+    # There is no camera on the build machines: /dev/video0 is absent, so the webcam
+    # path is shown to open, retry and give up like any source (frames are covered by
+    # the file and RTSP tests, which share the read loop).
+    config = ReaderConfig(open_timeout_s=1, backoff_initial_s=0.1, max_retries=1)
+    reader, rec = reader_for("0", config)
+    reader.start()
+    assert reader.join(20)
+    assert rec.states() == [StreamState.RECONNECTING, StreamState.FAILED]
