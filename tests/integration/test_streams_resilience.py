@@ -97,3 +97,47 @@ def test_triton_outage_keeps_streams_and_subscribers_then_resumes_with_fresh_fra
         assert max(ages) < 1500, f"frame ages after the stall {ages}: the newest frame, never a backlog"
         assert any(d.get("triton") == "available" for k, d in seen[resumed:] if k == "status")
         watcher.join(30)
+
+
+def test_inference_slower_than_the_source_keeps_frame_age_bounded(exported_repo: Path, tmp_path: Path) -> None:
+    # given a stream sampled at 10 fps and a Triton made slower than that: it is frozen
+    # 450 ms out of every 500 ms (SIGSTOP/SIGCONT), for 12 s
+    server = new_triton(exported_repo, tmp_path / "triton")
+    clip = write_clip(tmp_path / "loop.mp4", seconds=2.0, fps=25)
+    env = {
+        "APP_TRITON__URL": server.grpc_url,
+        "APP_TRITON__REQUEST_TIMEOUT_S": "5",
+        "APP_STREAMS": json.dumps([{"id": "cam", "url": str(clip), "loop": True, "sample_fps": 10}]),
+    }
+    with server, gateway(env, tmp_path / "gw.log") as gw:
+        wait_until(lambda: stream_info(gw, "cam")["predictions"] > 3, 20, what="predictions")
+        pid = server.pid
+        assert pid is not None
+        stop = threading.Event()
+
+        def throttle() -> None:
+            while not stop.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.45)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.05)
+
+        dropped0 = stream_info(gw, "cam")["frames_dropped"]
+        t = threading.Thread(target=throttle)
+        t.start()
+        try:
+            events = predictions(sse(f"{gw.url}/streams/cam/events", 12.0))
+        finally:
+            stop.set()
+            t.join()
+            os.kill(pid, signal.SIGCONT)
+        dropped = stream_info(gw, "cam")["frames_dropped"] - dropped0
+    # then inference ran slower than the 10 fps sampling (sampled frames were replaced unseen) ...
+    assert 5 <= len(events) < 10 * 12 * 0.8, f"{len(events)} predictions in 12 s: the throttle did not bite"
+    assert dropped >= 20, f"only {dropped} sampled frames were dropped"
+    # ... yet each event is about a recent frame, and the age does not grow over time
+    ages = [e["latency_ms"]["total"] for e in events]
+    third = max(1, len(ages) // 3)
+    first, last = sum(ages[:third]) / third, sum(ages[-third:]) / third
+    assert max(ages) < 1500, f"frame ages {ages}"
+    assert last < first + 300, f"frame age grew from {first:.0f} ms to {last:.0f} ms: a backlog is building up"
