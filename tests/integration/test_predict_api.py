@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import select
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,25 +173,26 @@ def test_streamed_oversize_is_cut_off_without_reading_it_all(gateway_proc: Gatew
     chunk = b"\xff" * 65536
     sent = 0
     with raw_request(gateway_proc, head) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.settimeout(5)
         sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
-        sock.settimeout(0.0)
-        status = None
         deadline = time.monotonic() + 30
-        while status is None and sent < 100 * 1024 * 1024 and time.monotonic() < deadline:
+        while sent < 100 * 1024 * 1024 and time.monotonic() < deadline:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer is there
             try:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                time.sleep(0.01)
-            try:
-                data = sock.recv(4096)
-                if data:
-                    status = int(data.split(b" ", 2)[1])
-            except BlockingIOError:
-                pass
-    # then the gateway answered 413 after reading little more than the limit
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                break  # the gateway stopped reading
+            sent += len(chunk)
+        status = read_status(sock)
+    # then the gateway answered 413 long before the body ended: what we sent beyond the limit
+    # is at most what the kernel buffers on the way (the server's autotuned receive buffer,
+    # up to tcp_rmem's maximum, plus our own small send buffer)
     assert status == 413
-    assert sent < MAX_BYTES + 4 * 1024 * 1024, f"the gateway read {sent} bytes before refusing"
+    rmem_max = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+    bound = MAX_BYTES + rmem_max + 2 * 1024 * 1024
+    assert sent < bound, f"{sent} bytes were sent before the refusal (bound {bound})"
 
 
 def test_health_and_readiness(gateway_proc: GatewayProcess) -> None:
