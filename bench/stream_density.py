@@ -24,8 +24,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,7 +75,8 @@ def _level(
     )
 
 
-async def _sse_ages(port: int, sid: str, seconds: float, ages: list[float], counts: dict[str, int]) -> None:
+async def _predictions(port: int, sid: str, seconds: float, on_event: Callable[[dict[str, Any]], None]) -> None:
+    """One SSE subscriber for ``seconds``: ``on_event(data)`` with the receive time for each prediction."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET /streams/{sid}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     end = time.monotonic() + seconds
@@ -87,9 +90,7 @@ async def _sse_ages(port: int, sid: str, seconds: float, ages: list[float], coun
             if line.startswith(b"event:"):
                 kind = line[6:].strip().decode()
             elif line.startswith(b"data:") and kind == "prediction":
-                data = json.loads(line[5:])
-                ages.append((time.time() - data["captured_at"]) * 1000)
-                counts[sid] = counts.get(sid, 0) + 1
+                on_event({**json.loads(line[5:]), "_received": time.time()})
     finally:
         writer.close()
 
@@ -113,8 +114,12 @@ def gateway_level(gw: servers.Gateway, url: str, n: int, seconds: float, meter: 
     counts: dict[str, int] = {}
     port = int(gw.url.rsplit(":", 1)[1])
 
+    def record(d: dict[str, Any]) -> None:
+        ages.append((d["_received"] - d["captured_at"]) * 1000)
+        counts[d["stream"]] = counts.get(d["stream"], 0) + 1
+
     async def run() -> None:
-        await asyncio.gather(*(_sse_ages(port, f"s{i}", seconds, ages, counts) for i in range(n)))
+        await asyncio.gather(*(_predictions(port, f"s{i}", seconds, record) for i in range(n)))
 
     meter.start()
     asyncio.run(run())
@@ -175,29 +180,14 @@ def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter
 
 
 async def _fanout_lag(port: int, sid: str, subscribers: int, seconds: float) -> list[float]:
+    """Delivery lag of each event to each of ``subscribers``: receive time - publish time."""
     lags: list[float] = []
 
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET /streams/{sid}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        end = time.monotonic() + seconds
-        kind = ""
-        try:
-            while (left := end - time.monotonic()) > 0:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), left)
-                except TimeoutError:
-                    break
-                if line.startswith(b"event:"):
-                    kind = line[6:].strip().decode()
-                elif line.startswith(b"data:") and kind == "prediction":
-                    d = json.loads(line[5:])
-                    published = d["captured_at"] + d["latency_ms"]["total"] / 1000
-                    lags.append((time.time() - published) * 1000)
-        finally:
-            writer.close()
+    def record(d: dict[str, Any]) -> None:
+        published = d["captured_at"] + d["latency_ms"]["total"] / 1000
+        lags.append((d["_received"] - published) * 1000)
 
-    await asyncio.gather(*(one() for _ in range(subscribers)))
+    await asyncio.gather(*(_predictions(port, sid, seconds, record) for _ in range(subscribers)))
     return lags
 
 
