@@ -35,7 +35,6 @@ _PROBE = r"""
 import json, sys, sysconfig, pathlib, pytriton
 print(json.dumps({
         "libdir": sysconfig.get_config_var("LIBDIR"),
-    "ldlibrary": sysconfig.get_config_var("LDLIBRARY") or "",
     "version": f"{sys.version_info[0]}.{sys.version_info[1]}",
     "pytriton": str(pathlib.Path(pytriton.__file__).parent),
 }))

@@ -41,7 +41,6 @@ class Broadcaster:
     """Owned by one stream; lives on the event loop (not thread-safe by design)."""
 
     queue_size: int = 16
-    published: int = 0
     _subscribers: set[Subscription] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     last_status: Event | None = None
@@ -69,7 +68,6 @@ class Broadcaster:
         event = Event(type_, data, next(self._ids))
         if type_ == "status":
             self.last_status = event
-        self.published += 1
         for sub in self._subscribers:
             sub.put(event)
         return event

@@ -182,15 +182,6 @@ class TritonClient:
             raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
         return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows.reshape(batch.shape[0], -1)]
 
-    async def infer(self, info: ModelInfo, batch: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """Raw output tensors (parity checks, benchmarks)."""
-        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
-        inp.set_data_from_numpy(batch)
-        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
-        t = self._settings.request_timeout_s
-        result = await self._call(self._c.infer(info.name, [inp], outputs=requested, client_timeout=t), "inference", t)
-        return {n: result.as_numpy(n) for n in outputs}
-
 
 def _parse_class(entry: Any) -> Classification:
     text = entry.decode() if isinstance(entry, bytes) else str(entry)

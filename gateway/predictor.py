@@ -43,14 +43,6 @@ class Predictor:
         self._models: dict[str, ModelInfo] = {}
         self._loading: dict[str, asyncio.Future[ModelInfo]] = {}
 
-    @property
-    def default_model(self) -> str:
-        return self._settings.model
-
-    @property
-    def models(self) -> dict[str, ModelInfo]:
-        return dict(self._models)
-
     async def start(self, timeout: float) -> bool:
         """Wait (bounded) for Triton and the default model, then read its metadata."""
         name = self._settings.model

@@ -26,8 +26,6 @@ MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and small fields around 
 @dataclass
 class Upload:
     data: bytes
-    content_type: str | None
-    filename: str | None
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -41,8 +39,6 @@ class _MultipartCollector:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.image: bytearray | None = None
-        self.image_type: str | None = None
-        self.filename: str | None = None
         self.fields: dict[str, str] = {}
         self._headers: dict[bytes, bytes] = {}
         self._hname = bytearray()
@@ -72,12 +68,8 @@ class _MultipartCollector:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name")
         self._name = name.decode("utf-8", "replace") if name is not None else None
+        # The declared type and file name are not trusted: the decoder sniffs the bytes.
         self._is_image = self._name == IMAGE_FIELD and self.image is None
-        if self._is_image:
-            ctype = self._headers.get(b"content-type")
-            self.image_type = ctype.decode("latin-1").strip() if ctype else None
-            fname = params.get(b"filename")
-            self.filename = fname.decode("utf-8", "replace") if fname is not None else None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._buf += data[start:end]
@@ -108,20 +100,20 @@ async def read_image_upload(request: Request, *, max_bytes: int) -> Upload:
     if declared.isdigit() and int(declared) > max_bytes + (MULTIPART_SLACK if multipart else 0):
         raise _too_large(max_bytes)
     if not multipart:
-        return await _read_raw(request, media, max_bytes)
+        return await _read_raw(request, max_bytes)
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
     return await _read_multipart(request, boundary, max_bytes)
 
 
-async def _read_raw(request: Request, media: str, max_bytes: int) -> Upload:
+async def _read_raw(request: Request, max_bytes: int) -> Upload:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
-    return Upload(bytes(body), media, None)
+    return Upload(bytes(body))
 
 
 async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> Upload:
@@ -141,7 +133,7 @@ async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> 
         raise BadRequest(f"malformed multipart body: {e}") from e
     if collector.image is None:
         raise BadRequest(f"the form has no {IMAGE_FIELD!r} file field")
-    return Upload(bytes(collector.image), collector.image_type, collector.filename, collector.fields)
+    return Upload(bytes(collector.image), collector.fields)
 
 
 def _callbacks(c: _MultipartCollector) -> dict[str, object]:
