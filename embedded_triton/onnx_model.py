@@ -1,9 +1,16 @@
 """Python-backend model that runs an ONNX file with onnxruntime.
 
 Copied as ``<model>/<version>/model.py`` into the embedded repository.  The dynamic
-batcher hands ``execute`` several requests at once: their inputs are stacked into
-one onnxruntime call and the outputs split back per request.  Only the outputs a
-request asked for are returned.
+batcher hands ``execute`` several requests at once:
+
+- a graph with a dynamic batch axis (the classifier) gets their inputs stacked into
+  one onnxruntime call, and the outputs are split back per request;
+- a graph whose batch axis is fixed at 1 (the detector: tracing unrolls its
+  per-image loop, see ``export/detector.py``) runs image by image, and the outputs
+  are stacked per request.  Triton still batches (and queues) for it; what is lost
+  is batched compute, which a CPU gains little from for a detector.
+
+Only the outputs a request asked for are returned.
 """
 
 from __future__ import annotations
@@ -32,16 +39,27 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
+        self.per_image = self.session.get_inputs()[0].shape[0] == 1
+
+    def _run(self, requests: list[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
+        arrays = {
+            name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.input_names
+        }
+        sizes = [a.shape[0] for a in arrays[self.input_names[0]]]
+        if not self.per_image:
+            feeds = {name: (parts[0] if len(parts) == 1 else np.concatenate(parts)) for name, parts in arrays.items()}
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True)), sizes
+        rows: list[list[np.ndarray]] = []
+        for r in range(len(requests)):  # requests may differ in image size: one image at a time
+            for i in range(sizes[r]):
+                feeds = {name: parts[r][i : i + 1] for name, parts in arrays.items()}
+                rows.append(self.session.run(self.output_names, feeds))
+        outputs = {name: np.concatenate([row[k] for row in rows]) for k, name in enumerate(self.output_names)}
+        return outputs, sizes
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
-            arrays = {
-                name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
-                for name in self.input_names
-            }
-            sizes = [a.shape[0] for a in arrays[self.input_names[0]]]
-            feeds = {name: (parts[0] if len(parts) == 1 else np.concatenate(parts)) for name, parts in arrays.items()}
-            outputs = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+            outputs, sizes = self._run(requests)
         except Exception as e:  # noqa: BLE001 - every request must get an answer
             error = pb_utils.TritonError(f"onnxruntime failed: {e}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]

@@ -5,7 +5,8 @@ For every model directory with a ``config.pbtxt``:
   instances, onnxruntime parameters; names, tensors, ``max_batch_size``,
   ``dynamic_batching``, warm-up and label files are kept as committed;
 - each version directory links its ``model.onnx`` and gets the generic
-  ``model.py`` (``embedded_triton/onnx_model.py``);
+  ``model.py`` (``embedded_triton/onnx_model.py``); a TorchScript (LibTorch)
+  model is served from the ``model.onnx`` the exporter writes beside ``model.pt``;
 - label files are linked.
 """
 
@@ -40,20 +41,30 @@ class CpuOptions:
     intra_op_threads: int = 1  # 0: onnxruntime picks (all cores)
 
 
+ONNX_TWIN = "model.onnx"  # what the exporter writes beside a TorchScript model.pt
+
+
 def derive_config(cfg: mc.ModelConfig, options: CpuOptions) -> mc.ModelConfig:
     out = mc.ModelConfig()
     out.CopyFrom(cfg)
-    if not (cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"):
+    if cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime":
+        onnx_file = cfg.default_model_filename or ONNX_TWIN
+    elif cfg.platform == "pytorch_libtorch" or cfg.backend == "pytorch":
+        onnx_file = ONNX_TWIN  # the same contract, exported to ONNX by `python -m export`
+        for key in [k for k in out.parameters if k.isupper()]:  # LibTorch options do not apply
+            del out.parameters[key]
+        out.ClearField("default_model_filename")
+    else:
         raise RepositoryError(
-            f"{cfg.name}: the embedded server runs ONNX models only "
-            f"(platform {cfg.platform!r}, backend {cfg.backend!r})"
+            f"{cfg.name}: the embedded server runs ONNX models (or TorchScript models with a "
+            f"{ONNX_TWIN} beside them); got platform {cfg.platform!r}, backend {cfg.backend!r}"
         )
     out.platform = ""
     out.backend = "python"
     del out.instance_group[:]
     out.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instance_count)
     out.ClearField("optimization")  # GPU accelerators (TensorRT, ...) do not apply
-    out.parameters["onnx_file"].string_value = cfg.default_model_filename or "model.onnx"
+    out.parameters["onnx_file"].string_value = onnx_file
     out.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
     return out
 

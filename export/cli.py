@@ -1,4 +1,9 @@
-"""``python -m export MODEL``: torchvision model → Triton model repository."""
+"""``python -m export MODEL``: torchvision model → Triton model repository.
+
+- ``mobilenet_v3_small``: ImageNet classifier → ONNX (onnxruntime backend).
+- ``person_detector``: a Faster R-CNN variant (``--arch``) → TorchScript (LibTorch
+  backend, GPU) and ONNX (onnxruntime; the embedded CPU server), same contract.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,23 @@ from pathlib import Path
 
 from export.errors import ExportError, ParityError
 
-MODELS = ("mobilenet_v3_small",)
+CLASSIFIER = "mobilenet_v3_small"
+DETECTOR = "person_detector"
+MODELS = (CLASSIFIER, DETECTOR)
+DETECTOR_ARCHS = (
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` → (height, width)."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or not (32 <= int(w) <= 4096 and 32 <= int(h) <= 4096):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT between 32 and 4096, got {text!r}")
+    return int(h), int(w)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +55,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-config", action="store_true", help="overwrite an existing config.pbtxt")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random and the parity batch")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default: %(default)s)")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="classifier: max abs difference allowed (default: %(default)s)"
+    )
+    d = p.add_argument_group("person_detector")
+    d.add_argument("--arch", choices=DETECTOR_ARCHS, default=DETECTOR_ARCHS[0], help="default: %(default)s")
+    d.add_argument(
+        "--frame-size",
+        type=_size,
+        default=(360, 640),
+        metavar="WxH",
+        help="frame size the gateway sends (warm-up and tracing size; any size is accepted) (default: 640x360)",
+    )
+    d.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default: %(default)s)")
+    d.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.05,
+        help="detections below this score are dropped in the model (torchvision's default: %(default)s); "
+        "the gateway's person threshold applies on top",
+    )
+    d.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
+    d.add_argument(
+        "--formats",
+        default="torchscript,onnx",
+        help="comma-separated: torchscript (LibTorch, GPU hosts), onnx (onnxruntime, the embedded server) "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--offline-fallback-random",
         action="store_true",
@@ -44,6 +91,86 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.model == DETECTOR:
+        run_detector(args)
+    else:
+        run_classifier(args)
+
+
+def _fallback(e: Exception) -> None:
+    print(
+        f"\nWARNING: {e}\n\nWARNING: falling back to --weights random: predictions will be MEANINGLESS.\n",
+        file=sys.stderr,
+    )
+
+
+def run_detector(args: argparse.Namespace) -> None:
+    from export.detector import build_detector, export_onnx, export_torchscript
+    from export.errors import WeightsUnavailable
+    from export.parity import check_detector
+    from export.repository import DetectorLayout, detector_config, write_model_files
+
+    formats = {f.strip() for f in args.formats.split(",") if f.strip()}
+    if not formats or formats - {"torchscript", "onnx"}:
+        raise ExportError(f"--formats takes torchscript and/or onnx, got {args.formats!r}")
+    t0 = time.perf_counter()
+    opts = {"score_thresh": args.score_thresh, "max_detections": args.max_detections, "seed": args.seed}
+    try:
+        built = build_detector(args.arch, args.weights, labels_file=args.labels, **opts)
+    except WeightsUnavailable as e:
+        if not (args.offline_fallback_random and args.weights == "default"):
+            raise
+        _fallback(e)
+        built = build_detector(args.arch, "random", **opts)
+    height, width = args.frame_size
+    layout = DetectorLayout(
+        name=args.model,
+        arch=args.arch,
+        labels=tuple(built.labels),
+        max_detections=args.max_detections,
+        warmup_hw=(height, width),
+        min_size=built.min_size,
+        max_size=built.max_size,
+        max_batch_size=args.max_batch_size,
+    )
+    model_dir = args.repo / args.model
+    version_dir = model_dir / str(args.version)
+    ts_path = version_dir / "model.pt" if "torchscript" in formats else None
+    onnx_path = version_dir / "model.onnx" if "onnx" in formats else None
+    if ts_path is not None:
+        export_torchscript(built.module, ts_path)
+    if onnx_path is not None:
+        export_onnx(built.module, onnx_path, height=height, width=width)
+    config = write_model_files(
+        model_dir, config_text=detector_config(layout), labels=built.labels, write_config=args.write_config
+    )
+    print(f"exported {args.model} = {args.arch} ({built.weights_desc}) in {time.perf_counter() - t0:.1f}s")
+    for path in (ts_path, onnx_path):
+        if path is not None:
+            print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"config.pbtxt: {config}; labels: {len(built.labels)} COCO indices")
+    # Parity at a size other than the export size: a size baked in by tracing would show here.
+    other = (height + height // 3, width - width // 4)
+    checks = check_detector(
+        built.reference,
+        built.module,
+        torchscript=ts_path,
+        onnx=onnx_path,
+        sizes=[other],
+        batches=(1, 2),
+        max_detections=args.max_detections,
+        score_thresh=args.score_thresh,
+        seed=args.seed,
+    )
+    for c in checks:
+        worst = max(c.diffs, key=lambda d: (d.missing, d.max_box_px))
+        print(f"parity {c.fmt} vs eager torch, batch {c.batch} at {c.width}x{c.height}: {worst}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise ParityError(f"{', '.join(sorted({c.fmt for c in failed}))} disagrees with eager torch (see above)")
+
+
+def run_classifier(args: argparse.Namespace) -> None:
     # torch is imported here, not at module import, so `--help` stays instant.
     import torch
 
@@ -59,10 +186,7 @@ def run(args: argparse.Namespace) -> None:
     except WeightsUnavailable as e:
         if not (args.offline_fallback_random and args.weights == "default"):
             raise
-        print(
-            f"\nWARNING: {e}\n\nWARNING: falling back to --weights random: predictions will be MEANINGLESS.\n",
-            file=sys.stderr,
-        )
+        _fallback(e)
         built = build_mobilenet_v3_small("random", seed=args.seed, normalize=uint8)
     layout = ClassifierLayout(
         name=args.model,

@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.errors import ConfigMismatch
 
 LABELS_FILE = "labels.txt"
+LABELS_PARAMETER = "class_labels"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,13 @@ def check_compatible(existing: mc.ModelConfig, expected: mc.ModelConfig, path: P
             f"{path} does not describe the exported model:\n  config:   {io(existing)}\n  exported: {io(expected)}\n"
             "  rerun with --write-config to regenerate it"
         )
+    want = expected.parameters.get(LABELS_PARAMETER)
+    have = existing.parameters.get(LABELS_PARAMETER)
+    if want is not None and (have is None or have.string_value != want.string_value):
+        raise ConfigMismatch(
+            f"{path}: parameter {LABELS_PARAMETER!r} does not list the exported model's labels; "
+            "rerun with --write-config to regenerate it"
+        )
     if existing.max_batch_size < 1:
         raise ConfigMismatch(f"{path}: max_batch_size must be >= 1 for the dynamic batcher")
 
@@ -120,3 +128,118 @@ def write_model_files(model_dir: Path, *, config_text: str, labels: list[str], w
         return "written"
     check_compatible(parse_config(cfg_path.read_text()), parse_config(config_text), cfg_path)
     return "kept (compatible)"
+
+
+@dataclass(frozen=True)
+class DetectorLayout:
+    name: str
+    arch: str
+    labels: tuple[str, ...]
+    max_detections: int
+    warmup_hw: tuple[int, int]  # the frame size the gateway sends by default
+    min_size: int
+    max_size: int
+    input_name: str = "images"
+    max_batch_size: int = 8
+
+
+def detector_config(layout: DetectorLayout) -> str:
+    """The committed config for the person detector (TorchScript on LibTorch, GPU)."""
+    bad = [label for label in layout.labels if "," in label]
+    if bad:
+        raise ConfigMismatch(f"labels may not contain commas (they are joined with commas in the config): {bad}")
+    k = layout.max_detections
+    h, w = layout.warmup_hw
+    warmups = ",\n".join(
+        f"""  {{
+    name: "warmup_batch_{b}"
+    batch_size: {b}
+    count: 2
+    inputs {{
+      key: "{layout.input_name}"
+      value {{ data_type: TYPE_UINT8 dims: [ 3, {h}, {w} ] random_data: true }}
+    }}
+  }}"""
+        for b in (1, layout.max_batch_size)
+    )
+    return f"""# Written by `python -m export {layout.name} --arch {layout.arch}`; committed.
+# Targets the NGC tritonserver:24.10-py3 container: TorchScript (model.pt) on the
+# LibTorch backend, on the GPU.  model.onnx sits beside it; the embedded CPU server
+# derives a python-backend (onnxruntime) config from this file at start-up.
+#
+# Contract: images [B, 3, H, W] uint8, any H and W (the model resizes inside: shorter
+# side {layout.min_size}, longer at most {layout.max_size}); outputs padded to K = {k} detections,
+# best first: boxes [B, K, 4] (x1, y1, x2, y2 in input pixels), scores [B, K],
+# labels [B, K] (index into {LABELS_FILE}, -1 in padding), num_detections [B].
+# The LibTorch backend matches outputs by position: keep this order.
+name: "{layout.name}"
+platform: "pytorch_libtorch"
+default_model_filename: "model.pt"
+max_batch_size: {layout.max_batch_size}
+input [
+  {{
+    name: "{layout.input_name}"
+    data_type: TYPE_UINT8
+    format: FORMAT_NCHW
+    dims: [ 3, -1, -1 ]
+  }}
+]
+output [
+  {{
+    name: "boxes"
+    data_type: TYPE_FP32
+    dims: [ {k}, 4 ]
+  }},
+  {{
+    name: "scores"
+    data_type: TYPE_FP32
+    dims: [ {k} ]
+  }},
+  {{
+    name: "labels"
+    data_type: TYPE_INT64
+    dims: [ {k} ]
+    label_filename: "{LABELS_FILE}"
+  }},
+  {{
+    name: "num_detections"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+    reshape: {{ shape: [ ] }}
+  }}
+]
+# Only requests of the same frame size batch together; the gateway sends every
+# frame at its configured size.  Detection costs milliseconds per image even on a
+# GPU, so a short wait for company pays for itself.
+dynamic_batching {{
+  preferred_batch_size: [ 4, {layout.max_batch_size} ]
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_GPU
+  }}
+]
+parameters [
+  {{
+    key: "INFERENCE_MODE"
+    value: {{ string_value: "true" }}
+  }},
+  {{
+    # The profiling executor re-specializes for every new shape (and proposal
+    # count), which makes first calls slow and latency jumpy for detectors.
+    key: "DISABLE_OPTIMIZED_EXECUTION"
+    value: {{ string_value: "true" }}
+  }},
+  {{
+    # Read by the gateway (the label file itself is not served by Triton).
+    key: "{LABELS_PARAMETER}"
+    value: {{ string_value: "{",".join(layout.labels)}" }}
+  }}
+]
+model_warmup [
+{warmups}
+]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+"""

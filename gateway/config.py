@@ -84,6 +84,16 @@ class PreprocessSettings(_Section):
         return v
 
 
+class DetectorSettings(_Section):
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="A box counts at or above this score; a person box decides person / no_person."
+    )
+    person_class: str = Field("person", min_length=1, description="The detector's class name that means a person.")
+    all_classes: bool = Field(
+        False, description="Also return boxes of every other class at or above the threshold (default: persons only)."
+    )
+
+
 class StreamConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Stream id, used in URLs.")
     url: str = Field(min_length=1, description="rtsp:// or rtsps:// URL, video file path, or webcam index.")
@@ -127,13 +137,29 @@ class Settings(BaseSettings):
         env_prefix="APP_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
     )
 
-    model: str = Field("mobilenet_v3_small", min_length=1, description="Triton model that /predict uses by default.")
+    model: str = Field(
+        "mobilenet_v3_small",
+        min_length=1,
+        description="Triton model that /predict and streams use by default: mobilenet_v3_small (classifier) or "
+        "person_detector (detector).",
+    )
     device: Literal["cpu", "gpu"] = Field(
         "cpu", description="Where Triton runs the model; /health/ready reports a model whose instances run elsewhere."
     )
     top_k: int = Field(5, ge=1, le=100, description="Default number of classes returned per prediction.")
-    frame_width: int = Field(640, ge=16, le=7680, description="Width frames are resized to after ingest (streams).")
-    frame_height: int = Field(360, ge=16, le=4320, description="Height frames are resized to after ingest (streams).")
+    frame_width: int = Field(
+        640,
+        ge=16,
+        le=7680,
+        description="Width frames are resized to after ingest (streams); uploads to a detector are letterboxed to "
+        "frame_width x frame_height.",
+    )
+    frame_height: int = Field(
+        360,
+        ge=16,
+        le=4320,
+        description="Height frames are resized to after ingest (streams) and uploads to a detector are letterboxed to.",
+    )
     frame_sample_fps: float = Field(2.0, gt=0, le=120, description="Frames per second sampled from each stream.")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
     rtsp_url: str | None = Field(None, description="The default stream (id 'default'), served by GET /stream.")
@@ -141,6 +167,7 @@ class Settings(BaseSettings):
     stream_policy: StreamPolicy = Field(default_factory=StreamPolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBABILITIES = "probabilities"
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+LABELS_PARAMETER = "class_labels"  # written into the detector's config by `python -m export`
 _NUMPY: dict[str, type[np.generic]] = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
 
 
@@ -38,18 +40,29 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Detections:
+    """One image's detections in the coordinates of the tensor sent, best first."""
+
+    boxes: np.ndarray  # [n, 4] float32, x1 y1 x2 y2
+    scores: np.ndarray  # [n] float32
+    labels: np.ndarray  # [n] int64, index into ModelInfo.class_names
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """What the gateway needs to feed a classifier, read from Triton."""
+    """What the gateway needs to feed a model, read from Triton's metadata and config."""
 
     name: str
     version: str
+    task: Literal["classification", "detection"]
     input_name: str
     input_datatype: str  # Triton name: UINT8, FP32
-    input_shape: tuple[int, int, int]  # C, H, W, without the batch axis
-    output_name: str
+    input_shape: tuple[int, int, int]  # C, H, W, without the batch axis; -1: any (detectors)
+    output_name: str  # the classifier's probabilities ("" for detectors)
     num_classes: int
     max_batch_size: int
     instance_kinds: tuple[str, ...]
+    class_names: tuple[str, ...] = ()  # detectors: label index -> name
 
     @property
     def input_dtype(self) -> type[np.generic]:
@@ -134,7 +147,12 @@ class TritonClient:
 
     async def model_info(self, name: str) -> ModelInfo:
         t = self._settings.request_timeout_s
-        meta = await self._call(self._c.get_model_metadata(name, client_timeout=t), f"metadata of {name}", t)
+        try:
+            meta = await self._call(self._c.get_model_metadata(name, client_timeout=t), f"metadata of {name}", t)
+        except ModelNotFound as e:
+            raise ModelNotFound(
+                f"unknown model {name!r}: Triton does not serve it (models: mobilenet_v3_small, person_detector)"
+            ) from e
         cfg = (await self._call(self._c.get_model_config(name, client_timeout=t), f"config of {name}", t)).config
         if len(meta.inputs) != 1:
             raise InferenceFailed(f"model {name} has {len(meta.inputs)} inputs; a classifier takes one image tensor")
@@ -142,30 +160,51 @@ class TritonClient:
         shape = tuple(int(d) for d in inp.shape)
         if cfg.max_batch_size > 0:
             shape = shape[1:]  # drop the batch axis (-1)
-        if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0 or inp.datatype not in _NUMPY:
-            raise InferenceFailed(
-                f"model {name}: input {inp.name} {inp.datatype}{list(inp.shape)} is not [3,H,W] image"
-            )
         outputs = {o.name: o for o in meta.outputs}
-        if PROBABILITIES not in outputs:
-            raise InferenceFailed(f"model {name} has no {PROBABILITIES!r} output (outputs: {sorted(outputs)})")
-        labelled = {o.name for o in cfg.output if o.label_filename}
-        if PROBABILITIES not in labelled:
-            raise InferenceFailed(f"model {name}: output {PROBABILITIES!r} has no label_filename in its config")
         kinds = tuple(
             grpcclient.model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind).removeprefix("KIND_")
             for g in cfg.instance_group
         )
+        detector = all(n in outputs for n in DETECTION_OUTPUTS)
+        if (
+            len(shape) != 3
+            or shape[0] != 3
+            or inp.datatype not in _NUMPY
+            or (min(shape[1:]) <= 0 and not (detector and shape[1] == shape[2] == -1))
+        ):
+            raise InferenceFailed(
+                f"model {name}: input {inp.name} {inp.datatype}{list(inp.shape)} is not [3,H,W] image"
+            )
+        common = {
+            "name": name,
+            "version": str(meta.versions[-1]) if meta.versions else "",
+            "input_name": inp.name,
+            "input_datatype": inp.datatype,
+            "input_shape": (shape[0], shape[1], shape[2]),
+            "max_batch_size": int(cfg.max_batch_size),
+            "instance_kinds": kinds,
+        }
+        if detector:
+            param = cfg.parameters.get(LABELS_PARAMETER)
+            if param is None or not param.string_value:
+                raise InferenceFailed(f"detector {name}: no {LABELS_PARAMETER!r} parameter in its config")
+            names = tuple(param.string_value.split(","))
+            if inp.datatype != "UINT8":
+                raise InferenceFailed(f"detector {name}: input must be UINT8, got {inp.datatype}")
+            return ModelInfo(task="detection", output_name="", num_classes=len(names), class_names=names, **common)
+        if PROBABILITIES not in outputs:
+            raise InferenceFailed(
+                f"model {name} is neither a classifier (a {PROBABILITIES!r} output) nor a detector "
+                f"({', '.join(DETECTION_OUTPUTS)}); outputs: {sorted(outputs)}"
+            )
+        labelled = {o.name for o in cfg.output if o.label_filename}
+        if PROBABILITIES not in labelled:
+            raise InferenceFailed(f"model {name}: output {PROBABILITIES!r} has no label_filename in its config")
         return ModelInfo(
-            name=name,
-            version=str(meta.versions[-1]) if meta.versions else "",
-            input_name=inp.name,
-            input_datatype=inp.datatype,
-            input_shape=(shape[0], shape[1], shape[2]),
+            task="classification",
             output_name=PROBABILITIES,
             num_classes=int(outputs[PROBABILITIES].shape[-1]),
-            max_batch_size=int(cfg.max_batch_size),
-            instance_kinds=kinds,
+            **common,
         )
 
     async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> list[list[Classification]]:
@@ -181,6 +220,26 @@ class TritonClient:
         if rows is None:
             raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
         return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows.reshape(batch.shape[0], -1)]
+
+    async def detect(self, info: ModelInfo, batch: np.ndarray) -> list[Detections]:
+        """Padded detections for a ``[B, 3, H, W]`` uint8 batch, cut to each image's count."""
+        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+        inp.set_data_from_numpy(batch)
+        outs = [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
+        t = self._settings.request_timeout_s
+        result = await self._call(
+            self._c.infer(info.name, [inp], outputs=outs, client_timeout=t), f"inference on {info.name}", t
+        )
+        arrays = [result.as_numpy(n) for n in DETECTION_OUTPUTS]
+        if any(a is None for a in arrays):
+            raise InferenceFailed(f"Triton returned no detections for {info.name}")
+        boxes, scores, labels, num = arrays
+        assert boxes is not None and scores is not None and labels is not None and num is not None
+        counts = num.reshape(batch.shape[0])
+        return [
+            Detections(boxes[i, : counts[i]], scores[i, : counts[i]], labels[i, : counts[i]])
+            for i in range(batch.shape[0])
+        ]
 
 
 def _parse_class(entry: Any) -> Classification:

@@ -1,4 +1,5 @@
-"""Pure image functions: sniff, decode, and torchvision's classification preset.
+"""Pure image functions: sniff, decode, torchvision's classification preset, and the
+detector's letterbox.
 
 ``classifier_input`` reproduces ``MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()``
 on a PIL image: resize the shorter side to 256 with PIL's bilinear filter (what
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -98,3 +100,18 @@ def normalize(chw: np.ndarray, mean: tuple[float, float, float], std: tuple[floa
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     return (x - m) / s
+
+
+def letterbox(rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float, float]:
+    """HWC RGB uint8 → ``[3, height, width]`` uint8, scaled to fit without distortion and
+    padded with black at the right and bottom.  Returns the tensor and the x and y scale
+    factors applied, so boxes map back with ``x / sx``, ``y / sy``.  Shrinking uses
+    area averaging (a 2x downscale of 2x2 equal pixels is exact), enlarging bilinear."""
+    h, w = rgb.shape[:2]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    if (nw, nh) != (w, h):
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((3, height, width), dtype=np.uint8)
+    out[:, :nh, :nw] = rgb.transpose(2, 0, 1)
+    return out, nw / w, nh / h

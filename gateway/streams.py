@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, InferenceUnavailable, StreamConflict, S
 from gateway.fanout import Broadcaster
 from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
 from gateway.ingest.sources import SourceError, SourceKind
-from gateway.predictor import Predictor
+from gateway.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,24 @@ class WorkerCounters:
     inferences: int = 0
     predictions: int = 0
     errors: int = 0
+
+
+def result_fields(p: Prediction) -> dict[str, Any]:
+    """The task-specific part of a prediction event: the same fields as POST /predict."""
+    if p.detection is not None:
+        d = p.detection
+        return {
+            "task": "detection",
+            "label": d.label,
+            "person_count": d.person_count,
+            "threshold": d.threshold,
+            "boxes": [asdict(b) for b in d.boxes],
+            "image": {"width": p.width, "height": p.height},
+        }
+    return {
+        "task": "classification",
+        "predictions": [{"index": c.index, "label": c.label, "probability": c.probability} for c in p.classes],
+    }
 
 
 class StreamWorker:
@@ -111,7 +129,9 @@ class StreamWorker:
             started = time.monotonic()
             self.counters.inferences += 1
             try:
-                p = await self._predictor.predict_frame(frame.image, model=self.model, top_k=self._top_k)
+                p = await self._predictor.predict_frame(
+                    frame.image, source_size=frame.source_size, model=self.model, top_k=self._top_k
+                )
             except InferenceUnavailable as e:
                 self.counters.errors += 1
                 if self._triton_ok:
@@ -139,9 +159,7 @@ class StreamWorker:
                     "captured_at": frame.captured_at,
                     "model": p.model.name,
                     "model_version": p.model.version,
-                    "predictions": [
-                        {"index": c.index, "label": c.label, "probability": c.probability} for c in p.classes
-                    ],
+                    **result_fields(p),
                     "latency_ms": {
                         "wait": round((started - frame.captured_mono) * 1000, 3),
                         "preprocess": round(p.preprocess_ms, 3),

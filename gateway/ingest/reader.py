@@ -71,6 +71,7 @@ class Frame:
     captured_at: float  # wall clock when it was read
     captured_mono: float  # monotonic clock when it was read
     image: np.ndarray  # H x W x 3, BGR, uint8, at the configured size
+    source_size: tuple[int, int] = (0, 0)  # width, height as decoded, before the resize
 
 
 @dataclass(frozen=True)
@@ -299,13 +300,14 @@ class StreamReader:
 
     def _publish(self, image: np.ndarray, mono: float, wall: float) -> None:
         c = self.config
+        source = (int(image.shape[1]), int(image.shape[0]))
         if image.shape[1] != c.width or image.shape[0] != c.height:
             image = cv2.resize(image, (c.width, c.height), interpolation=cv2.INTER_AREA)
         with self._cond:
             if not self._slot_taken:
                 self.stats.frames_dropped += 1
             index = self._slot.index + 1 if self._slot else 1
-            self._slot = Frame(self.stream_id, index, wall, mono, image)
+            self._slot = Frame(self.stream_id, index, wall, mono, image, source)
             self._slot_taken = False
             self.stats.frames_sampled += 1
             self.stats.last_frame_mono = mono

@@ -1,0 +1,211 @@
+"""Faster R-CNN (COCO) as a batched, padded, tensor-in / tensor-out detector.
+
+torchvision's detectors take a list of float images and return a list of dicts
+with a different number of boxes per image.  Triton's dynamic batcher needs one
+tensor in and fixed-shape tensors out, so ``BatchedDetector`` wraps the model:
+
+- in: ``images [B, 3, H, W]`` uint8 (any H, W; torchvision's own transform
+  resizes and normalizes inside the graph, as it does in eager mode);
+- out: ``boxes [B, K, 4]`` float32 (x1, y1, x2, y2 in input pixels),
+  ``scores [B, K]`` float32, ``labels [B, K]`` int64 (COCO category index,
+  -1 in padding) and ``num_detections [B]`` int64, best first.
+
+The same module is scripted for TorchScript (any batch size: the per-image loop
+is compiled) and traced for ONNX at batch 1 (tracing unrolls the per-image loop,
+so the ONNX graph takes one image; the serving side loops, see
+``embedded_triton/onnx_model.py``).
+
+Tracing has a known trap: torchvision's box clipping and box rescaling build
+``torch.tensor(size)`` from the image size, which the tracer records as a
+constant, so an ONNX graph exported at 640x360 would clip and rescale every
+other size as if it were 640x360.  ``_traceable_sizes`` swaps those two
+functions for tensor-arithmetic versions while exporting; the parity tests run
+other sizes to prove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models.detection.transform as rcnn_transform
+import torchvision.ops.boxes as box_ops
+from torch import Tensor
+from torchvision.models import WeightsEnum
+from torchvision.models import detection as det
+
+from export.errors import WeightsUnavailable
+from export.scriptable import BatchedDetector, with_exact_resize
+from export.weights import load_checkpoint, load_pretrained
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+DEFAULT_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
+ARCHS: dict[str, tuple[Callable[..., det.FasterRCNN], WeightsEnum]] = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (
+        det.fasterrcnn_mobilenet_v3_large_320_fpn,
+        det.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+    ),
+    "fasterrcnn_mobilenet_v3_large_fpn": (
+        det.fasterrcnn_mobilenet_v3_large_fpn,
+        det.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+    ),
+    "fasterrcnn_resnet50_fpn": (det.fasterrcnn_resnet50_fpn, det.FasterRCNN_ResNet50_FPN_Weights.COCO_V1),
+    "fasterrcnn_resnet50_fpn_v2": (det.fasterrcnn_resnet50_fpn_v2, det.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+}
+
+
+@dataclass(frozen=True)
+class BuiltDetector:
+    module: BatchedDetector  # what is exported
+    reference: det.FasterRCNN  # stock torchvision, eager: what every format must reproduce
+    labels: list[str]
+    weights_desc: str
+    arch: str
+    min_size: int
+    max_size: int
+
+
+def _read_labels(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_detector(
+    arch: str,
+    weights: str,
+    *,
+    labels_file: Path | None = None,
+    score_thresh: float = 0.05,
+    max_detections: int = 100,
+    seed: int = 0,
+) -> BuiltDetector:
+    """The eval-mode wrapper from ``default`` (COCO), ``random`` or a checkpoint path."""
+    if arch not in ARCHS:
+        raise WeightsUnavailable(f"unknown detector {arch!r}; choose one of {', '.join(ARCHS)}")
+    builder, preset = ARCHS[arch]
+    labels = list(preset.meta["categories"])  # COCO's 91 indices, shipped with torchvision: no download
+    kwargs: dict[str, Any] = {"box_score_thresh": score_thresh, "box_detections_per_img": max_detections}
+    if weights == "default":
+        model = builder(weights=None, weights_backbone=None, **kwargs)
+        model.load_state_dict(load_pretrained(preset, model_name=arch))
+        desc = str(preset)
+    elif weights == "random":
+        torch.manual_seed(seed)
+        model = builder(weights=None, weights_backbone=None, **kwargs)
+        desc = f"random (seed {seed})"
+    else:
+        path = Path(weights)
+        state = load_checkpoint(path)
+        head = state.get("roi_heads.box_predictor.cls_score.weight")
+        if head is None:
+            raise WeightsUnavailable(f"--weights {path}: not a Faster R-CNN state dict (no box predictor)")
+        num_classes = int(head.shape[0])
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsUnavailable(f"--weights {path}: does not fit {arch}: {e}") from e
+        if labels_file is not None:
+            labels = _read_labels(labels_file)
+        if len(labels) != num_classes:
+            raise WeightsUnavailable(
+                f"--weights {path} has {num_classes} classes but {len(labels)} labels; pass --labels FILE "
+                "with one class name per line (index 0 is the background)"
+            )
+        desc = f"checkpoint {path}"
+    if labels_file is not None and weights in ("default", "random"):
+        raise WeightsUnavailable("--labels only applies to a checkpoint (--weights PATH)")
+    if "person" not in labels:
+        raise WeightsUnavailable(f"the detector's labels have no 'person' class: {labels[:8]}...")
+    model.eval()
+    transform = model.transform
+    return BuiltDetector(
+        BatchedDetector(with_exact_resize(model), max_detections).eval(),
+        model,
+        labels,
+        desc,
+        arch,
+        min_size=int(transform.min_size[0]),
+        max_size=int(transform.max_size),
+    )
+
+
+# --- tracing without baked-in image sizes -------------------------------------------------------
+
+
+def _as_size(v: Any, like: Tensor) -> Tensor:
+    """A traced size stays a graph value; a Python int becomes a constant (eager only)."""
+    if isinstance(v, Tensor):
+        return v.to(dtype=like.dtype, device=like.device)
+    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+
+
+def _clip_boxes_traceable(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    height, width = size
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    x = torch.min(torch.max(boxes[..., 0::2], zero), _as_size(width, boxes))
+    y = torch.min(torch.max(boxes[..., 1::2], zero), _as_size(height, boxes))
+    return torch.stack((x, y), dim=boxes.dim()).reshape(boxes.shape)
+
+
+def _resize_boxes_traceable(boxes: Tensor, original_size: list[int], new_size: list[int]) -> Tensor:
+    ratio_h = _as_size(new_size[0], boxes) / _as_size(original_size[0], boxes)
+    ratio_w = _as_size(new_size[1], boxes) / _as_size(original_size[1], boxes)
+    xmin, ymin, xmax, ymax = boxes.unbind(1)
+    return torch.stack((xmin * ratio_w, ymin * ratio_h, xmax * ratio_w, ymax * ratio_h), dim=1)
+
+
+@contextlib.contextmanager
+def _traceable_sizes() -> Iterator[None]:
+    saved = box_ops.clip_boxes_to_image, rcnn_transform.resize_boxes
+    box_ops.clip_boxes_to_image = _clip_boxes_traceable
+    rcnn_transform.resize_boxes = _resize_boxes_traceable
+    try:
+        yield
+    finally:
+        box_ops.clip_boxes_to_image, rcnn_transform.resize_boxes = saved
+
+
+# --- writers ------------------------------------------------------------------------------------
+
+
+def export_torchscript(module: BatchedDetector, path: Path) -> None:
+    """Script (not trace) the wrapper: any batch size, sizes computed at run time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RCNN always returns a")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)  # "torch.jit.script is deprecated"
+        scripted = torch.jit.script(module)
+    scripted.save(str(tmp))  # type: ignore[no-untyped-call]
+    tmp.replace(path)
+
+
+def export_onnx(module: BatchedDetector, path: Path, *, height: int, width: int) -> None:
+    """Trace at batch 1 with dynamic height and width (opset 17, legacy exporter)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    dummy = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dynamic = {INPUT_NAME: {2: "height", 3: "width"}}
+    with _traceable_sizes(), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    tmp.replace(path)
