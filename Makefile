@@ -12,10 +12,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check --progress-bar off
 TPIP := $(TVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off
 
+NVENV := .venv-ngc
 MODEL ?= mobilenet_v3_small
+ARCH ?= fasterrcnn_mobilenet_v3_large_320_fpn
 WEIGHTS ?= default
 REPO ?= model_repository
-ONNX := $(REPO)/$(MODEL)/1/model.onnx
+CLASSIFIER_ONNX := $(REPO)/mobilenet_v3_small/1/model.onnx
+DETECTOR_ONNX := $(REPO)/person_detector/1/model.onnx
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -56,14 +59,27 @@ system-deps: ## Debian packages the tests need (GStreamer RTSP server); uses sud
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	  $(RTSP_CHECK); fi
 
+$(NVENV)/.installed: pyproject.toml
+	@echo ">> $(NVENV): torch 2.5.1 for TorchScript that LibTorch 2.5 (NGC tritonserver:24.10) loads"
+	$(PYTHON) -m venv $(NVENV)
+	$(NVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[export-ngc]' 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	touch $@
+
 # --- model ----------------------------------------------------------------------
-$(ONNX): | $(VENV)/.installed
-	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO) --offline-fallback-random
+$(CLASSIFIER_ONNX): | $(VENV)/.installed
+	$(PY) -m export mobilenet_v3_small --weights $(WEIGHTS) --repo $(REPO) --offline-fallback-random
 
-model: $(ONNX) ## Export the model into model_repository/ (WEIGHTS=default|random|PATH)
+$(DETECTOR_ONNX): | $(VENV)/.installed
+	$(PY) -m export person_detector --arch $(ARCH) --weights $(WEIGHTS) --repo $(REPO) --offline-fallback-random
 
-export: $(VENV)/.installed ## Re-export the model even if it exists (WEIGHTS=default|random|PATH)
-	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO)
+model: $(CLASSIFIER_ONNX) $(DETECTOR_ONNX) ## Export both models into model_repository/ (WEIGHTS=default|random|PATH)
+
+export: $(VENV)/.installed ## Re-export one model (MODEL=mobilenet_v3_small|person_detector, ARCH=, WEIGHTS=)
+	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO) $(if $(filter person_detector,$(MODEL)),--arch $(ARCH))
+
+export-ngc: $(NVENV)/.installed ## Detector TorchScript for the NGC 24.10 GPU container, exported with torch 2.5.1
+	$(NVENV)/bin/python -m export person_detector --arch $(ARCH) --weights $(WEIGHTS) --repo $(REPO)
 
 # --- run ------------------------------------------------------------------------
 TRITON_ARGS = --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
@@ -108,7 +124,7 @@ bench-streams: setup system-deps ## Stream density: N RTSP streams, gateway vs a
 clean: ## Remove build output (keeps the environments)
 	rm -rf build bench/results .pytest_cache .mypy_cache .ruff_cache $(REPO)/*/[0-9]*/
 
-distclean: clean ## Remove build output and both environments
-	rm -rf $(VENV) $(TVENV) *.egg-info
+distclean: clean ## Remove build output and the environments
+	rm -rf $(VENV) $(TVENV) $(NVENV) *.egg-info
 
-.PHONY: help setup system-deps model export run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams clean distclean
+.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams clean distclean

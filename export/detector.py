@@ -15,27 +15,27 @@ is compiled) and traced for ONNX at batch 1 (tracing unrolls the per-image loop,
 so the ONNX graph takes one image; the serving side loops, see
 ``embedded_triton/onnx_model.py``).
 
-Tracing has a known trap: torchvision's box clipping and box rescaling build
-``torch.tensor(size)`` from the image size, which the tracer records as a
-constant, so an ONNX graph exported at 640x360 would clip and rescale every
-other size as if it were 640x360.  ``_traceable_sizes`` swaps those two
-functions for tensor-arithmetic versions while exporting; the parity tests run
-other sizes to prove it.
+Image-size traps, and what the parity tests found with torch 2.14 / torchvision 0.29:
+
+- Baked-in sizes: the tracer warns that torchvision's box clipping and rescaling
+  turn the image size into constants.  Tested at 360x640, 400x400, 480x640 and
+  720x1280 against a graph traced at 360x640: they do not (the sizes stay graph
+  values); the parity tests keep checking other sizes.
+- Size rounding: scripted and traced torchvision compute the resize scale in
+  float32, eager torchvision in float64.  At 400x400, ``400 * float32(320/400)``
+  floors to 319 rows where eager makes 320: different detections.  The wrapper
+  swaps in ``ExactResizeTransform``, which computes the size as eager does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models.detection.transform as rcnn_transform
-import torchvision.ops.boxes as box_ops
-from torch import Tensor
 from torchvision.models import WeightsEnum
 from torchvision.models import detection as det
 
@@ -135,42 +135,6 @@ def build_detector(
     )
 
 
-# --- tracing without baked-in image sizes -------------------------------------------------------
-
-
-def _as_size(v: Any, like: Tensor) -> Tensor:
-    """A traced size stays a graph value; a Python int becomes a constant (eager only)."""
-    if isinstance(v, Tensor):
-        return v.to(dtype=like.dtype, device=like.device)
-    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
-
-
-def _clip_boxes_traceable(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    height, width = size
-    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
-    x = torch.min(torch.max(boxes[..., 0::2], zero), _as_size(width, boxes))
-    y = torch.min(torch.max(boxes[..., 1::2], zero), _as_size(height, boxes))
-    return torch.stack((x, y), dim=boxes.dim()).reshape(boxes.shape)
-
-
-def _resize_boxes_traceable(boxes: Tensor, original_size: list[int], new_size: list[int]) -> Tensor:
-    ratio_h = _as_size(new_size[0], boxes) / _as_size(original_size[0], boxes)
-    ratio_w = _as_size(new_size[1], boxes) / _as_size(original_size[1], boxes)
-    xmin, ymin, xmax, ymax = boxes.unbind(1)
-    return torch.stack((xmin * ratio_w, ymin * ratio_h, xmax * ratio_w, ymax * ratio_h), dim=1)
-
-
-@contextlib.contextmanager
-def _traceable_sizes() -> Iterator[None]:
-    saved = box_ops.clip_boxes_to_image, rcnn_transform.resize_boxes
-    box_ops.clip_boxes_to_image = _clip_boxes_traceable
-    rcnn_transform.resize_boxes = _resize_boxes_traceable
-    try:
-        yield
-    finally:
-        box_ops.clip_boxes_to_image, rcnn_transform.resize_boxes = saved
-
-
 # --- writers ------------------------------------------------------------------------------------
 
 
@@ -193,7 +157,7 @@ def export_onnx(module: BatchedDetector, path: Path, *, height: int, width: int)
     tmp = path.with_suffix(".onnx.tmp")
     dummy = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     dynamic = {INPUT_NAME: {2: "height", 3: "width"}}
-    with _traceable_sizes(), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -29,7 +29,7 @@ def _traced_resize(image: Tensor, min_size: int, max_size: int) -> Tensor:
     return torch.nn.functional.interpolate(image[None], size=out, mode="bilinear", align_corners=False)  # type: ignore[arg-type]
 
 
-class ExactResizeTransform(GeneralizedRCNNTransform):  # type: ignore[misc]
+class ExactResizeTransform(GeneralizedRCNNTransform):
     """torchvision's transform with a resize that gives eager torchvision's size in every mode.
 
     Eager torchvision computes the scale in Python floats (float64): 400x400 → 320x320.
@@ -78,7 +78,7 @@ class BatchedDetector(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = images.to(torch.float32) / 255.0  # torchvision's detection presets: ToTensor, nothing else
         batch: list[Tensor] = [x[i] for i in range(x.shape[0])]
-        if torch.jit.is_scripting():  # type: ignore[attr-defined]  # noqa: SIM108 - TorchScript special-cases this `if`, not a ternary
+        if torch.jit.is_scripting():  # noqa: SIM108 - TorchScript special-cases this `if`, not a ternary
             detections = self.model(batch)[1]  # scripted R-CNNs return (losses, detections)
         else:
             detections = self.model(batch)

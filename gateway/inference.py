@@ -145,14 +145,22 @@ class TritonClient:
                 return False
             await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
 
+    async def served_models(self) -> list[str]:
+        """Names of the ready models (for error messages); empty if Triton cannot say."""
+        t = self._settings.health_timeout_s
+        try:
+            index = await self._call(self._c.get_model_repository_index(client_timeout=t), "model index", t)
+        except (InferenceUnavailable, InferenceTimeout, InferenceFailed, ModelNotFound):
+            return []
+        return sorted({m.name for m in index.models if m.state == "READY"})
+
     async def model_info(self, name: str) -> ModelInfo:
         t = self._settings.request_timeout_s
         try:
             meta = await self._call(self._c.get_model_metadata(name, client_timeout=t), f"metadata of {name}", t)
         except ModelNotFound as e:
-            raise ModelNotFound(
-                f"unknown model {name!r}: Triton does not serve it (models: mobilenet_v3_small, person_detector)"
-            ) from e
+            served = await self.served_models()
+            raise ModelNotFound(f"unknown model {name!r}; Triton serves: {', '.join(served) or 'nothing'}") from e
         cfg = (await self._call(self._c.get_model_config(name, client_timeout=t), f"config of {name}", t)).config
         if len(meta.inputs) != 1:
             raise InferenceFailed(f"model {name} has {len(meta.inputs)} inputs; a classifier takes one image tensor")
