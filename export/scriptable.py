@@ -17,16 +17,36 @@ from torchvision.models import detection as det
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
+def _source_index(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torch's bilinear sampling (align_corners=False) along one axis, as graph ops:
+    source indices and weights for every output index."""
+    scale = in_size.to(torch.float32) / out_size.to(torch.float32)
+    dst = torch.arange(out_size, dtype=torch.float32)
+    src = torch.clamp((dst + 0.5) * scale - 0.5, min=0.0)
+    last = in_size - 1
+    i0 = torch.min(src.floor().to(torch.int64), last)
+    i1 = torch.min(i0 + 1, last)
+    w1 = torch.clamp(src - i0.to(torch.float32), 0.0, 1.0)
+    return i0, i1, 1.0 - w1, w1
+
+
 @torch.jit.unused
 def _traced_resize(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """Resize with the output size as graph values, computed in float64 (a Python scalar
-    would be exported as float32 and round the division down)."""
-    shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)
-    lo = torch.tensor(float(min_size), dtype=torch.float64)
-    hi = torch.tensor(float(max_size), dtype=torch.float64)
-    size = torch.floor(shape * torch.min(lo / shape.min(), hi / shape.max())).to(torch.int64)
-    out = [size[0], size[1]]
-    return torch.nn.functional.interpolate(image[None], size=out, mode="bilinear", align_corners=False)  # type: ignore[arg-type]
+    """Bilinear resize of ``[C, H, W]`` for tracing, with the output size computed in float64
+    as eager Python does.  The sampling is spelled out with gathers, in torch's own
+    formula: ONNX ``Resize`` derives positions from its own float scale and lands up to
+    2.6e-4 (normalized units) away from torch at 360x640, the gathers within 1.3e-4."""
+    shape = torch._shape_as_tensor(image)[-2:]
+    size_f = shape.to(torch.float64)
+    # 1-element, not 0-dim: the exporter turns 0-dim constants into float32 scalars and
+    # casts the division down to float32 with them
+    lo = torch.full((1,), float(min_size), dtype=torch.float64)
+    hi = torch.full((1,), float(max_size), dtype=torch.float64)
+    out = torch.floor(size_f * torch.min(lo / size_f.min(), hi / size_f.max())).to(torch.int64)
+    y0, y1, wy0, wy1 = _source_index(shape[0], out[0])
+    x0, x1, wx0, wx1 = _source_index(shape[1], out[1])
+    rows = image.index_select(1, y0) * wy0[:, None] + image.index_select(1, y1) * wy1[:, None]
+    return (rows.index_select(2, x0) * wx0 + rows.index_select(2, x1) * wx1)[None]
 
 
 class ExactResizeTransform(GeneralizedRCNNTransform):

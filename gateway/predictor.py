@@ -197,11 +197,12 @@ class Predictor:
 
     def _detection(self, d: Detections, info: ModelInfo, g: _Geometry, opts: DetectOptions) -> Detection:
         person = info.class_names.index(self._settings.detector.person_class)
-        keep = d.scores >= opts.threshold
-        if not opts.all_classes:
-            keep &= d.labels == person
-        boxes = d.boxes[keep] / np.array([g.sx, g.sy, g.sx, g.sy], dtype=np.float32)
-        boxes = np.clip(boxes, 0, [g.width, g.height, g.width, g.height])
+        scale = np.array([g.sx, g.sy, g.sx, g.sy], dtype=np.float32)
+        limit = np.array([g.width, g.height, g.width, g.height], dtype=np.float32)
+        boxes = np.clip(d.boxes / scale, 0, limit)  # back into the client's image
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not wholly in the letterbox padding
+        persons = inside & (d.labels == person) & (d.scores >= opts.threshold)
+        keep = inside & (d.scores >= opts.threshold) if opts.all_classes else persons
         names = info.class_names
         out = [
             Box(
@@ -212,9 +213,9 @@ class Predictor:
                 score=round(float(s), 5),
                 label=names[int(c)] if 0 <= int(c) < len(names) else str(int(c)),
             )
-            for b, s, c in zip(boxes, d.scores[keep], d.labels[keep], strict=True)
+            for b, s, c in zip(boxes[keep], d.scores[keep], d.labels[keep], strict=True)
         ]
-        count = int(np.count_nonzero((d.labels == person) & (d.scores >= opts.threshold)))
+        count = int(np.count_nonzero(persons))
         return Detection("person" if count else "no_person", count, opts.threshold, out)
 
     async def _infer(

@@ -10,6 +10,7 @@ import torch
 from torchvision.models import mobilenet_v3_small
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
+from export.parity import scenes
 from tests.helpers import PYTHON, ROOT
 
 MODEL = "mobilenet_v3_small"
@@ -43,9 +44,8 @@ def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
     objectness saturates at 1.0 and every box scores 1/91 -- ties everywhere, and a tie
     is decided by rounding noise.  Here BatchNorm statistics come from one pass over
     random images, and each later layer is rescaled in turn (LSUV-style) to a target
-    output spread: unit features, objectness and class logits with std 2, small box
+    output spread: unit features, objectness and class logits with std 1, small box
     regressions.  Deterministic for a seed."""
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
     for bn in model.modules():
@@ -53,8 +53,8 @@ def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative: the statistics of exactly the batch below
     model.backbone.body.train()
-    with torch.no_grad():
-        model.backbone.body(torch.rand(8, 3, 320, 320, generator=g))
+    with torch.no_grad():  # statistics of photo-like scenes, the kind of image the tests send
+        model.backbone.body(torch.from_numpy(scenes(16, 320, 320, seed=seed)).float() / 255.0)
     model.eval()
     fpn, rpn, roi = model.backbone.fpn, model.rpn.head, model.roi_heads
     targets: list[tuple[torch.nn.Module, float]] = [
@@ -68,7 +68,10 @@ def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
         (roi.box_predictor.cls_score, 1.0),
         (roi.box_predictor.bbox_pred, 0.2),
     ]
-    images = [torch.rand(3, 320, 480, generator=g), torch.rand(3, 360, 640, generator=g)]
+    images = [
+        torch.from_numpy(x).float() / 255.0
+        for x in (scenes(1, 320, 480, seed=seed + 1)[0], scenes(1, 360, 640, seed=seed + 2)[0])
+    ]
     for module, std in targets:
         outputs: list[torch.Tensor] = []
 
@@ -86,6 +89,15 @@ def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
                 layer.weight.mul_(std / spread)
                 if layer.bias is not None:
                     layer.bias.zero_()
+    # Persons among the top detections, so person / no_person has something to decide: lift the
+    # person logit to the level of the class that wins most boxes.
+    logits: list[torch.Tensor] = []
+    hook = roi.box_predictor.cls_score.register_forward_hook(lambda _m, _i, out: logits.append(out))
+    with torch.no_grad():
+        model(images)
+        hook.remove()
+        mean = torch.cat(logits).mean(dim=0)
+        roi.box_predictor.cls_score.bias[1] = mean.max() - mean[1]
     torch.save(model.state_dict(), path)
     return path
 

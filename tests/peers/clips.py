@@ -8,15 +8,29 @@ import av
 import numpy as np
 
 
-def write_clip(path: Path, *, seconds: float = 2.0, fps: int = 25, width: int = 640, height: int = 360) -> Path:
-    """A moving gradient with a frame counter band: every frame differs."""
+def write_clip(
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    fps: int = 25,
+    width: int = 640,
+    height: int = 360,
+    still: np.ndarray | None = None,
+) -> Path:
+    """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame."""
+    if still is not None:
+        height, width = still.shape[:2]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"bf": "0", "preset": "ultrafast", "g": str(fps)}
         yy, xx = np.mgrid[0:height, 0:width]
         for i in range(int(seconds * fps)):
-            img = np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, np.full_like(xx, (i * 9) % 256)], -1)
+            img = (
+                still
+                if still is not None
+                else np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, np.full_like(xx, (i * 9) % 256)], -1)
+            )
             frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from embedded_triton.repository import CpuOptions, RepositoryError, build, derive_config
-from tests.conftest import MODEL
+from tests.conftest import DETECTOR, MODEL
 from tests.helpers import ROOT
 
 COMMITTED = ROOT / "model_repository" / MODEL / "config.pbtxt"
@@ -31,7 +31,10 @@ def test_derived_config_keeps_the_serving_contract() -> None:
 
 def test_build_links_models_and_labels(exported_repo: Path, tmp_path: Path) -> None:
     names = build(exported_repo, tmp_path / "rt", CpuOptions())
-    assert names == [MODEL]
+    assert names == [MODEL, DETECTOR]
+    detector = tmp_path / "rt" / DETECTOR / "1"
+    assert (detector / "model.onnx").resolve() == (exported_repo / DETECTOR / "1" / "model.onnx").resolve()
+    assert not (detector / "model.pt").exists(), "the CPU server runs the ONNX twin, not TorchScript"
     version = tmp_path / "rt" / MODEL / "1"
     assert (version / "model.onnx").resolve() == (exported_repo / MODEL / "1" / "model.onnx").resolve()
     assert (version / "model.py").is_file()
@@ -48,6 +51,17 @@ def test_unexported_model_names_the_fix(tmp_path: Path) -> None:
 
 def test_non_onnx_platform_is_refused() -> None:
     cfg = parse(COMMITTED)
-    cfg.platform = "pytorch_libtorch"
-    with pytest.raises(RepositoryError, match="ONNX models only"):
+    cfg.platform = "tensorflow_savedmodel"
+    with pytest.raises(RepositoryError, match="runs ONNX models"):
         derive_config(cfg, CpuOptions())
+
+
+def test_libtorch_detector_is_served_from_its_onnx_twin() -> None:
+    committed = parse(ROOT / "model_repository" / DETECTOR / "config.pbtxt")
+    assert committed.platform == "pytorch_libtorch" and committed.default_model_filename == "model.pt"
+    derived = derive_config(committed, CpuOptions(instance_count=2, intra_op_threads=1))
+    assert derived.backend == "python" and derived.parameters["onnx_file"].string_value == "model.onnx"
+    assert "INFERENCE_MODE" not in derived.parameters and "DISABLE_OPTIMIZED_EXECUTION" not in derived.parameters
+    assert derived.parameters["class_labels"].string_value.split(",")[1] == "person"
+    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup"):
+        assert getattr(derived, field) == getattr(committed, field), f"{field} must be kept as committed"
