@@ -6,100 +6,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from torchvision.models import mobilenet_v3_small
-from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
-from export.parity import scenes
 from tests.helpers import PYTHON, ROOT
+from tests.synthetic import synthetic_checkpoint, synthetic_detector_checkpoint
 
 MODEL = "mobilenet_v3_small"
 DETECTOR = "person_detector"
 DETECTOR_K = 100
 EXPORT_FRAME = (640, 360)  # width, height the detector is traced at; tests use other sizes too
-
-
-def synthetic_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Pretrained weights cannot be downloaded here.  A seeded random backbone whose
-    classifier head has a large spread gives distinct, well-separated logits, so
-    top-k and probabilities are meaningful to compare (torchvision's own random
-    init gives near-uniform probabilities, i.e. ties)."""
-    torch.manual_seed(seed)
-    model = mobilenet_v3_small(weights=None)
-    with torch.no_grad():
-        head = model.classifier[3]
-        assert isinstance(head, torch.nn.Linear)
-        head.weight.normal_(0.0, 0.5)
-        head.bias.normal_(0.0, 1.0)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A seeded Faster R-CNN whose activations and scores are well scaled, so detections
-    are distinct and can be matched across runtimes.
-
-    torchvision's random init is unusable for that: BatchNorm in eval mode with fresh
-    statistics makes activations vanish, the FPN then outputs values in the thousands,
-    objectness saturates at 1.0 and every box scores 1/91 -- ties everywhere, and a tie
-    is decided by rounding noise.  Here BatchNorm statistics come from one pass over
-    random images, and each later layer is rescaled in turn (LSUV-style) to a target
-    output spread: unit features, objectness and class logits with std 1, small box
-    regressions.  Deterministic for a seed."""
-    torch.manual_seed(seed)
-    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
-    for bn in model.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative: the statistics of exactly the batch below
-    model.backbone.body.train()
-    with torch.no_grad():  # statistics of photo-like scenes, the kind of image the tests send
-        model.backbone.body(torch.from_numpy(scenes(16, 320, 320, seed=seed)).float() / 255.0)
-    model.eval()
-    fpn, rpn, roi = model.backbone.fpn, model.rpn.head, model.roi_heads
-    targets: list[tuple[torch.nn.Module, float]] = [
-        *((blk, 1.0) for blk in fpn.inner_blocks),
-        *((blk, 1.0) for blk in fpn.layer_blocks),
-        (rpn.conv, 1.0),
-        (rpn.cls_logits, 1.0),
-        (rpn.bbox_pred, 0.2),
-        (roi.box_head.fc6, 1.0),
-        (roi.box_head.fc7, 1.0),
-        (roi.box_predictor.cls_score, 1.0),
-        (roi.box_predictor.bbox_pred, 0.2),
-    ]
-    images = [
-        torch.from_numpy(x).float() / 255.0
-        for x in (scenes(1, 320, 480, seed=seed + 1)[0], scenes(1, 360, 640, seed=seed + 2)[0])
-    ]
-    for module, std in targets:
-        outputs: list[torch.Tensor] = []
-
-        def keep(_m: torch.nn.Module, _i: object, out: object, outputs: list[torch.Tensor] = outputs) -> None:
-            outputs.extend(out if isinstance(out, list) else [out])  # type: ignore[list-item]
-
-        hook = module.register_forward_hook(keep)
-        with torch.no_grad():
-            model(images)
-        hook.remove()
-        spread = torch.cat([o.flatten() for o in outputs]).std()
-        layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        with torch.no_grad():
-            for layer in layers:  # one conv or linear per target
-                layer.weight.mul_(std / spread)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-    # Persons among the top detections, so person / no_person has something to decide: lift the
-    # person logit to the level of the class that wins most boxes.
-    logits: list[torch.Tensor] = []
-    hook = roi.box_predictor.cls_score.register_forward_hook(lambda _m, _i, out: logits.append(out))
-    with torch.no_grad():
-        model(images)
-        hook.remove()
-        mean = torch.cat(logits).mean(dim=0)
-        roi.box_predictor.cls_score.bias[1] = mean.max() - mean[1]
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")
