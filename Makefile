@@ -121,10 +121,13 @@ bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table +
 bench-streams: setup system-deps ## Stream density: N RTSP streams, gateway vs a naive loop; table, JSON, PNG
 	$(PY) -m bench.stream_density
 
+bench-detector: setup ## Detector: Triton gRPC at concurrency 1,4,8 vs eager torchvision and ORT in process; table + JSON
+	$(PY) -m bench.detector
+
 clean: ## Remove build output (keeps the environments)
 	rm -rf build bench/results .pytest_cache .mypy_cache .ruff_cache $(REPO)/*/[0-9]*/
 
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) *.egg-info
 
-.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams clean distclean
+.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams bench-detector clean distclean

@@ -22,16 +22,8 @@ import onnxruntime as ort
 from bench import gateway_load, ort_inproc, servers, triton_load
 from bench.loops import Load
 from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
-from bench.results import Level, Run, table
-from bench.servers import ServerTuning
-from embedded_triton.repository import default_instances
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+from bench.results import Level, Run, progress, table
+from bench.servers import ServerTuning, add_tuning_args, ints
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,43 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="2 s levels, 0.5 s warm-up (a smoke run)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per level (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per level (default: %(default)s)")
-    p.add_argument("--concurrency", type=_ints, default=(1, 4, 8, 16), help="(b) levels (default: 1,4,8,16)")
-    p.add_argument("--gateway-concurrency", type=_ints, default=(1, 4, 8), help="(c) levels (default: 1,4,8)")
-    p.add_argument("--ort-batches", type=_ints, default=(1, 8, 16), help="(a) batch sizes (default: 1,8,16)")
+    p.add_argument("--concurrency", type=ints, default=(1, 4, 8, 16), help="(b) levels (default: 1,4,8,16)")
+    p.add_argument("--gateway-concurrency", type=ints, default=(1, 4, 8), help="(c) levels (default: 1,4,8)")
+    p.add_argument("--ort-batches", type=ints, default=(1, 8, 16), help="(a) batch sizes (default: 1,8,16)")
     p.add_argument("--clients", default="aio,sync", help="(b) gRPC clients: aio, sync or both (default: %(default)s)")
     p.add_argument("--only", default="a,b,c", help="parts to run (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="JSON directory")
     p.add_argument("--repo", type=Path, help="use this model repository instead of exporting random weights")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8", help="model input (exported)")
-    tune = p.add_argument_group("server tuning (applied to a private copy of the config)")
-    tune.add_argument(
-        "--instances", type=int, default=default_instances(), help="model instances (default: one per core)"
-    )
-    tune.add_argument(
-        "--intra-op-threads", type=int, default=1, help="ORT threads per instance, 0 = all cores (default: 1)"
-    )
-    tune.add_argument("--allow-spinning", choices=("0", "1"), help="ORT session.intra_op.allow_spinning")
-    tune.add_argument("--preferred-batch", type=_ints, help="dynamic_batching preferred_batch_size, e.g. 4,8")
-    tune.add_argument("--queue-delay-us", type=int, help="dynamic_batching max_queue_delay_microseconds")
-    tune.add_argument(
-        "--triton-venv",
-        type=Path,
-        default=servers.ROOT / ".venv-triton",
-        help="environment of the embedded Triton (its onnxruntime version matters)",
-    )
+    tune = add_tuning_args(p)
     tune.add_argument("--gateway-workers", type=int, default=2, help="gateway preprocess threads (default: 2)")
     return p
-
-
-def _progress(lv: Level) -> None:
-    t = lv.triton
-    extra = f"  batch {t.avg_batch:.2f} queue {t.queue_ms:.2f} ms compute {t.compute_ms:.2f} ms" if t else ""
-    cpu = " ".join(f"{k}={v:.2f}" for k, v in lv.cpu_cores.items())
-    print(
-        f"  {lv.label:<28} c={lv.concurrency:<3} b={lv.batch:<3} {lv.images_per_s:8.1f} img/s  "
-        f"p50 {lv.latency.p50_ms:6.2f} ms  p99 {lv.latency.p99_ms:6.2f} ms{extra}  [{cpu}]",
-        flush=True,
-    )
 
 
 def _config(args: argparse.Namespace, tuning: ServerTuning) -> dict[str, object]:
@@ -108,7 +74,7 @@ def run(args: argparse.Namespace) -> Run:
 
     def add(lv: Level) -> None:
         result.levels.append(lv)
-        _progress(lv)
+        progress(lv)
 
     with tempfile.TemporaryDirectory(prefix="stream-ml-bench-") as tmp:
         work = Path(tmp)

@@ -110,9 +110,9 @@ class Run:
             levels.append(d)
         return {"started_utc": self.started_utc, "config": self.config, "levels": levels, "ratios": self.ratios()}
 
-    def write(self, directory: Path) -> Path:
+    def write(self, directory: Path, prefix: str = "") -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.started_utc.replace(':', '').replace('-', '')}.json"
+        path = directory / f"{prefix}{self.started_utc.replace(':', '').replace('-', '')}.json"
         path.write_text(json.dumps(self.to_json(), indent=2, default=float) + "\n")
         return path
 
@@ -170,3 +170,14 @@ def table(run: Run) -> str:
         lines.append("")
         lines.extend(f"{k:<40} {v:.3f}" for k, v in ratios.items())
     return "\n".join(lines)
+
+
+def progress(lv: Level) -> None:
+    t = lv.triton
+    extra = f"  batch {t.avg_batch:.2f} queue {t.queue_ms:.2f} ms compute {t.compute_ms:.2f} ms" if t else ""
+    cpu = " ".join(f"{k}={v:.2f}" for k, v in lv.cpu_cores.items())
+    print(
+        f"  {lv.label:<28} c={lv.concurrency:<3} b={lv.batch:<3} {lv.images_per_s:8.1f} img/s  "
+        f"p50 {lv.latency.p50_ms:6.2f} ms  p99 {lv.latency.p99_ms:6.2f} ms{extra}  [{cpu}]",
+        flush=True,
+    )

@@ -9,6 +9,7 @@ so ``allow_spinning`` and the batcher settings reach ``onnx_model.py`` unchanged
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -25,11 +26,39 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from embedded_triton.repository import CpuOptions
+from embedded_triton.repository import CpuOptions, default_instances
 from embedded_triton.server import EmbeddedTriton, TritonPorts
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet_v3_small"
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def add_tuning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The embedded Triton's tuning flags, shared by the benchmarks."""
+    tune = p.add_argument_group("server tuning (applied to a private copy of the config)")
+    tune.add_argument(
+        "--instances", type=int, default=default_instances(), help="model instances (default: one per core)"
+    )
+    tune.add_argument(
+        "--intra-op-threads", type=int, default=1, help="ORT threads per instance, 0 = all cores (default: 1)"
+    )
+    tune.add_argument("--allow-spinning", choices=("0", "1"), help="ORT session.intra_op.allow_spinning")
+    tune.add_argument("--preferred-batch", type=ints, help="dynamic_batching preferred_batch_size, e.g. 4,8")
+    tune.add_argument("--queue-delay-us", type=int, help="dynamic_batching max_queue_delay_microseconds")
+    tune.add_argument(
+        "--triton-venv",
+        type=Path,
+        default=ROOT / ".venv-triton",
+        help="environment of the embedded Triton (its onnxruntime version matters)",
+    )
+    return tune
 
 
 @dataclass(frozen=True)
