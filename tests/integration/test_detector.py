@@ -244,6 +244,12 @@ def test_person_or_no_person_follows_the_threshold(
     assert none["label"] == "no_person" and none["person_count"] == 0 and none["boxes"] == []
 
 
+def test_readiness_covers_the_models_of_configured_streams(detector_gateway: GatewayProcess) -> None:
+    body = httpx.get(f"{detector_gateway.url}/health/ready", timeout=10).json()
+    assert body["ready"] is True, body
+    assert set(body["components"]["models"]) == {"mobilenet_v3_small", DETECTOR}, "the default model and the stream's"
+
+
 def test_unknown_model_is_404_and_names_it(detector_gateway: GatewayProcess) -> None:
     r = httpx.post(
         f"{detector_gateway.url}/predict?model=yolo_v99",

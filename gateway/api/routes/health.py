@@ -26,7 +26,7 @@ async def health(request: Request) -> dict[str, Any]:
     responses={503: {"description": "Triton or a model is not ready; the body says which."}},
 )
 async def ready(settings: SettingsDep, client: ClientDep, predictor: PredictorDep) -> JSONResponse:
-    names = [settings.model]
+    names = list(dict.fromkeys([settings.model, *(s.model for s in settings.all_streams() if s.model)]))
     server_ok, *models_ok = await asyncio.gather(client.server_ready(), *(client.model_ready(n) for n in names))
     models: dict[str, dict[str, Any]] = {}
     for name, ok in zip(names, models_ok, strict=True):
