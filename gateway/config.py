@@ -94,6 +94,27 @@ class DetectorSettings(_Section):
     )
 
 
+class MetricsSettings(_Section):
+    emf: bool = Field(
+        True, description="Log one CloudWatch Embedded Metric Format JSON line per stream every log_every predictions."
+    )
+    log_every: int = Field(100, ge=1, le=100_000, description="Predictions per stream between two EMF lines.")
+    namespace: str = Field("stream-ml", min_length=1, max_length=255, description="CloudWatch namespace of EMF lines.")
+    dimensions: dict[str, str] = Field(
+        default_factory=lambda: {"service": "stream-ml-service"},
+        description="Extra CloudWatch dimensions on every EMF line (stream and model are always added).",
+    )
+
+    @field_validator("dimensions")
+    @classmethod
+    def _few(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 28:  # CloudWatch allows 30 dimensions; stream and model take two
+            raise ValueError("at most 28 dimensions")
+        if {"stream", "model"} & set(v):
+            raise ValueError("'stream' and 'model' are added per line; use other names")
+        return v
+
+
 class StreamConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Stream id, used in URLs.")
     url: str = Field(min_length=1, description="rtsp:// or rtsps:// URL, video file path, or webcam index.")
@@ -168,6 +189,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -7,19 +7,28 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gateway.api import errors
 from gateway.api.routes import health, predict
+from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
+from gateway.api.timing import PredictTimer
 from gateway.config import Settings, load_settings
 from gateway.inference import TritonClient
+from gateway.metrics import Metrics
 from gateway.predictor import Predictor
 from gateway.streams import StreamManager
 
 log = logging.getLogger("gateway")
+
+
+def _stream_rows(app: FastAPI) -> list[dict[str, Any]]:
+    streams: StreamManager | None = getattr(app.state, "streams", None)
+    return [w.describe() for w in streams.list()] if streams is not None else []
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = TritonClient(settings.triton)
         await client.start()
         predictor = Predictor(settings, client, executor)
-        streams = StreamManager(settings, predictor)
+        streams = StreamManager(settings, predictor, metrics)
         app.state.triton, app.state.predictor, app.state.streams = client, predictor, streams
         try:
             await predictor.start(settings.triton.startup_timeout_s)
@@ -51,6 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
+    # A passive registry, so it exists before the lifespan; it reads the streams at scrape time.
+    metrics = Metrics(lambda: _stream_rows(app))
+    app.state.metrics = metrics
+    app.add_middleware(PredictTimer, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -62,4 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(stream_routes.router)
+    app.include_router(metrics_routes.router)
     return app

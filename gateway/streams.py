@@ -18,10 +18,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import Settings, StreamConfig
-from gateway.errors import GatewayError, InferenceUnavailable, StreamConflict, StreamNotFound, StreamRefused
+from gateway.errors import (
+    GatewayError,
+    InferenceTimeout,
+    InferenceUnavailable,
+    StreamConflict,
+    StreamNotFound,
+    StreamRefused,
+)
 from gateway.fanout import Broadcaster
 from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
 from gateway.ingest.sources import SourceError, SourceKind
+from gateway.metrics import EmfWindow, Metrics, emf_logger
 from gateway.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,9 @@ def result_fields(p: Prediction) -> dict[str, Any]:
 
 
 class StreamWorker:
-    def __init__(self, config: StreamConfig, settings: Settings, predictor: Predictor) -> None:
+    def __init__(
+        self, config: StreamConfig, settings: Settings, predictor: Predictor, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.id = config.id
         self.model = config.model or settings.model
@@ -72,6 +82,9 @@ class StreamWorker:
         self.broadcaster = Broadcaster(queue_size=ing.subscriber_queue)
         self.counters = WorkerCounters()
         self._predictor = predictor
+        self._metrics = metrics or Metrics()
+        self._emf = EmfWindow(self.id, self.model, settings.metrics) if settings.metrics.emf else None
+        self._emf_log = emf_logger()
         self._top_k = settings.top_k
         self._wake = asyncio.Event()
         self._triton_ok = True
@@ -132,18 +145,18 @@ class StreamWorker:
                 p = await self._predictor.predict_frame(
                     frame.image, source_size=frame.source_size, model=self.model, top_k=self._top_k
                 )
-            except InferenceUnavailable as e:
-                self.counters.errors += 1
+            except InferenceUnavailable as e:  # also InferenceTimeout
+                self._failed("timeout" if isinstance(e, InferenceTimeout) else "triton")
                 if self._triton_ok:
                     self._triton_ok = False
                     self._status(self.reader.state.value, e.message, triton="unavailable")
                 continue
             except GatewayError as e:
-                self.counters.errors += 1
+                self._failed("triton")
                 log.warning("stream %s: inference failed: %s", self.id, e.message)
                 continue
             except Exception:  # the loop never dies silently: log, count, go on with the next frame
-                self.counters.errors += 1
+                self._failed("internal")
                 log.exception("stream %s: unexpected inference error", self.id)
                 continue
             if not self._triton_ok:
@@ -151,6 +164,7 @@ class StreamWorker:
                 self._status(self.reader.state.value, "inference resumed", triton="available")
             done = time.monotonic()
             self.counters.predictions += 1
+            self._observe(p.preprocess_ms + p.inference_ms, (done - frame.captured_mono) * 1000)
             self.broadcaster.publish(
                 "prediction",
                 {
@@ -169,6 +183,21 @@ class StreamWorker:
                 },
             )
 
+    def _failed(self, kind: str) -> None:
+        self.counters.errors += 1
+        self._metrics.inference_errors.labels(self.id, self.model, kind).inc()
+        if self._emf is not None:
+            self._emf.error()
+
+    def _observe(self, latency_ms: float, age_ms: float) -> None:
+        self._metrics.inference_seconds.labels(self.id, self.model).observe(latency_ms / 1000)
+        self._metrics.frame_age_seconds.labels(self.id, self.model).observe(age_ms / 1000)
+        if self._emf is not None:
+            stats = self.reader.stats
+            line = self._emf.add(latency_ms, age_ms, stats.fps, stats.frames_dropped)
+            if line is not None:
+                self._emf_log.info(line)
+
     def describe(self) -> dict[str, Any]:
         stats = self.reader.stats if self._reader else None
         age = stats.frame_age() if stats else None
@@ -181,7 +210,9 @@ class StreamWorker:
             "measured_fps": round(stats.fps, 3) if stats else 0.0,
             "last_frame_age_s": None if age is None else round(age, 3),
             "reconnects": stats.reconnects if stats else 0,
+            "decode_errors": stats.decode_errors if stats else 0,
             "frames_read": stats.frames_read if stats else 0,
+            "frames_sampled": stats.frames_sampled if stats else 0,
             "frames_skipped": stats.frames_skipped if stats else 0,
             "frames_dropped": stats.frames_dropped if stats else 0,
             "inferences": self.counters.inferences,
@@ -195,9 +226,10 @@ class StreamWorker:
 class StreamManager:
     """Owns every stream worker; created in the lifespan, stopped in reverse order."""
 
-    def __init__(self, settings: Settings, predictor: Predictor) -> None:
+    def __init__(self, settings: Settings, predictor: Predictor, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._predictor = predictor
+        self._metrics = metrics or Metrics()
         self._workers: dict[str, StreamWorker] = {}
         self.configured = [s.id for s in settings.all_streams()]
 
@@ -241,7 +273,7 @@ class StreamManager:
         if config.id in self._workers:
             raise StreamConflict(f"stream {config.id!r} already exists")
         try:
-            worker = StreamWorker(config, self._settings, self._predictor)
+            worker = StreamWorker(config, self._settings, self._predictor, self._metrics)
         except SourceError as e:
             raise StreamRefused(str(e)) from e
         self._workers[config.id] = worker

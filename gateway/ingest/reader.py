@@ -94,6 +94,7 @@ class ReaderStats:
     frames_skipped: int = 0  # read but not sampled (above sample_fps)
     frames_dropped: int = 0  # sampled but replaced before anyone took them
     reconnects: int = 0
+    decode_errors: int = 0  # a grabbed frame the decoder could not deliver
     last_frame_mono: float | None = None
     state_changes: Counter[str] = field(default_factory=Counter)
     _samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -294,6 +295,7 @@ class StreamReader:
             next_sample = max(next_sample + period, now - period)  # steady rate, no burst after a stall
             ok, image = cap.retrieve()
             if not ok or image is None:
+                self.stats.decode_errors += 1
                 continue
             self._publish(image, now, wall)
         return "stopped"

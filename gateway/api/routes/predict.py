@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.api.deps import PredictorDep, SettingsDep
+from gateway.api.timing import PREDICTED_MODEL
 from gateway.api.uploads import read_image_upload
 from gateway.errors import BadRequest
 
@@ -112,6 +113,7 @@ async def predict(
         top_k=k,
         options=predictor.options(threshold, all_classes),
     )
+    setattr(request.state, PREDICTED_MODEL, p.model.name)
     timings = Timings(
         decode=round(p.decode_ms, 3),
         preprocess=round(p.preprocess_ms, 3),

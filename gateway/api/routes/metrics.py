@@ -1,0 +1,17 @@
+"""``GET /metrics``: the gateway's Prometheus metrics (text exposition format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.metrics import Metrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics: per stream and model, and POST /predict latency by status.")
+async def metrics(request: Request) -> Response:
+    m: Metrics = request.app.state.metrics
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

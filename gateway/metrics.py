@@ -1,0 +1,188 @@
+"""Observability: the Prometheus registry behind ``GET /metrics`` and CloudWatch EMF lines.
+
+``Metrics`` owns one ``CollectorRegistry`` per app (no module-level globals), created
+in the lifespan.  Event metrics (inference latency, frame age, errors, ``/predict``
+latency) are recorded where they happen; per-stream counters that ingest already
+keeps (frames read, sampled, dropped, reconnects, fps, subscribers) are read from
+the stream workers at scrape time, so nothing is counted twice.
+
+``EmfWindow`` aggregates one stream's predictions and, every ``log_every`` of them,
+returns one JSON line in CloudWatch Embedded Metric Format: CloudWatch Logs turns
+such lines into metrics with no agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.config import MetricsSettings
+
+PREFIX = "streamml"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _StreamCollector(Collector):
+    """Ingest's own counters, read from the workers when Prometheus scrapes."""
+
+    def __init__(self, streams: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self._streams = streams
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["stream", "model"]
+        counters = {
+            "frames_read": CounterMetricFamily(
+                f"{PREFIX}_frames_read", "Frames decoded from the source.", labels=labels
+            ),
+            "frames_sampled": CounterMetricFamily(
+                f"{PREFIX}_frames_sampled", "Frames sampled for inference.", labels=labels
+            ),
+            "frames_skipped": CounterMetricFamily(
+                f"{PREFIX}_frames_skipped", "Frames read but not sampled (above sample_fps).", labels=labels
+            ),
+            "frames_dropped": CounterMetricFamily(
+                f"{PREFIX}_frames_dropped", "Sampled frames replaced by a newer one before inference.", labels=labels
+            ),
+            "reconnects": CounterMetricFamily(f"{PREFIX}_reconnects", "Source reconnects.", labels=labels),
+            "decode_errors": CounterMetricFamily(
+                f"{PREFIX}_decode_errors", "Frames the decoder failed to deliver.", labels=labels
+            ),
+        }
+        fps = GaugeMetricFamily(f"{PREFIX}_stream_fps", "Achieved sampled frames per second.", labels=labels)
+        subs = GaugeMetricFamily(f"{PREFIX}_sse_subscribers", "Connected SSE subscribers.", labels=labels)
+        running = GaugeMetricFamily(f"{PREFIX}_stream_up", "1 while the stream's source is running.", labels=labels)
+        for s in self._streams():
+            values = [str(s["id"]), str(s["model"])]
+            for key, family in counters.items():
+                family.add_metric(values, float(s.get(key, 0)))
+            fps.add_metric(values, float(s["measured_fps"]))
+            subs.add_metric(values, float(s["subscribers"]))
+            running.add_metric(values, 1.0 if s["state"] == "running" else 0.0)
+        yield from counters.values()
+        yield from (fps, subs, running)
+
+
+class Metrics:
+    """The gateway's metrics; ``render()`` is the ``/metrics`` body."""
+
+    def __init__(self, streams: Callable[[], Iterable[Mapping[str, Any]]] = list) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inference_seconds = Histogram(
+            f"{PREFIX}_inference_seconds",
+            "Stream frames: preprocess + Triton round trip.",
+            ["stream", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_age_seconds = Histogram(
+            f"{PREFIX}_frame_age_seconds",
+            "Stream frames: from capture (decode) to the prediction event.",
+            ["stream", "model"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_errors = Counter(
+            f"{PREFIX}_inference_errors",
+            "Failed stream inferences by kind: triton (unavailable or failed), timeout, internal.",
+            ["stream", "model", "kind"],
+            registry=r,
+        )
+        self.predict_seconds = Histogram(
+            f"{PREFIX}_predict_request_seconds",
+            "POST /predict latency by status code (model is empty unless the request succeeded).",
+            ["model", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(_StreamCollector(streams))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class EmfWindow:
+    """One stream's predictions since the last EMF line."""
+
+    def __init__(self, stream: str, model: str, settings: MetricsSettings) -> None:
+        self.stream, self.model, self._settings = stream, model, settings
+        self._latencies_ms: list[float] = []
+        self._ages_ms: list[float] = []
+        self._errors = 0
+
+    def error(self) -> None:
+        self._errors += 1
+
+    def add(self, latency_ms: float, age_ms: float, fps: float, dropped: int) -> str | None:
+        """Record one prediction; every ``log_every`` predictions, return the EMF line."""
+        self._latencies_ms.append(latency_ms)
+        self._ages_ms.append(age_ms)
+        if len(self._latencies_ms) < self._settings.log_every:
+            return None
+        line = emf_line(
+            namespace=self._settings.namespace,
+            dimensions={**self._settings.dimensions, "stream": self.stream, "model": self.model},
+            values={
+                "InferenceLatencyP50": (_pct(self._latencies_ms, 50), "Milliseconds"),
+                "InferenceLatencyP95": (_pct(self._latencies_ms, 95), "Milliseconds"),
+                "FrameAgeP95": (_pct(self._ages_ms, 95), "Milliseconds"),
+                "FPS": (round(fps, 3), "Count/Second"),
+                "Predictions": (float(len(self._latencies_ms)), "Count"),
+                "Errors": (float(self._errors), "Count"),
+                "FramesDropped": (float(dropped), "Count"),
+            },
+        )
+        self._latencies_ms.clear()
+        self._ages_ms.clear()
+        self._errors = 0
+        return line
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[k], 3)
+
+
+def emf_line(
+    *, namespace: str, dimensions: Mapping[str, str], values: Mapping[str, tuple[float, str]], now: float | None = None
+) -> str:
+    """One CloudWatch Embedded Metric Format record: the ``_aws`` envelope names the
+    metrics and one dimension set; dimension values and metric values are top-level keys."""
+    record: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int((now if now is not None else time.time()) * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": namespace,
+                    "Dimensions": [list(dimensions)],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, (_, unit) in values.items()],
+                }
+            ],
+        },
+        **dimensions,
+        **{name: value for name, (value, _) in values.items()},
+    }
+    return json.dumps(record, separators=(",", ":"))
+
+
+def emf_logger() -> logging.Logger:
+    """Writes each EMF record as a bare JSON line on stdout (no timestamp or level prefix),
+    where the CloudWatch agent or the awslogs driver picks it up."""
+    logger = logging.getLogger("gateway.emf")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger

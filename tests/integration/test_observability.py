@@ -1,0 +1,120 @@
+"""``GET /metrics`` (Prometheus text format, parsed with prometheus-client's own parser)
+and the CloudWatch Embedded Metric Format lines, from the real gateway with a stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from embedded_triton import EmbeddedTriton
+from tests.helpers import GatewayProcess, encode, gateway, scene, wait_until
+from tests.integration.test_streams_api import stream_info
+from tests.peers.clips import write_clip
+
+pytestmark = pytest.mark.integration
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def observed(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("observability")
+    clip = write_clip(tmp / "loop.mp4", seconds=1.0)
+    env = {
+        "APP_TRITON__URL": triton.grpc_url,
+        "APP_TRITON__REQUEST_TIMEOUT_S": "10",
+        "APP_FRAME_SAMPLE_FPS": "5",
+        "APP_STREAMS": json.dumps([{"id": "cam", "url": str(clip), "loop": True}]),
+        "APP_METRICS__LOG_EVERY": "3",
+        "APP_METRICS__DIMENSIONS": json.dumps({"service": "stream-ml-test", "site": "lab"}),
+    }
+    with gateway(env, tmp / "gateway.log") as gw:
+        wait_until(lambda: stream_info(gw, "cam")["predictions"] >= 1, 30, what="first prediction")
+        yield gw
+
+
+def scrape(gw: GatewayProcess) -> Samples:
+    r = httpx.get(f"{gw.url}/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:200]
+    out: Samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_stream_counters_move_as_frames_flow(observed: GatewayProcess) -> None:
+    cam = {"stream": "cam", "model": "mobilenet_v3_small"}
+    before = scrape(observed)
+    wait_until(lambda: stream_info(observed, "cam")["predictions"] >= 6, 30, what="more predictions")
+    after = scrape(observed)
+    for name in ("streamml_frames_read_total", "streamml_frames_sampled_total", "streamml_inference_seconds_count",
+                 "streamml_frame_age_seconds_count"):  # fmt: skip
+        assert value(after, name, **cam) > value(before, name, **cam), f"{name} did not move"
+    assert value(after, "streamml_stream_up", **cam) == 1.0
+    assert value(after, "streamml_stream_fps", **cam) > 0
+    assert (("streamml_sse_subscribers", frozenset(cam.items()))) in after
+    assert ("streamml_reconnects_total", frozenset(cam.items())) in after
+    # the latency histogram is a histogram: cumulative buckets ending at +Inf == count
+    count = value(after, "streamml_inference_seconds_count", **cam)
+    assert value(after, "streamml_inference_seconds_bucket", **cam, le="+Inf") == count
+
+
+def test_predict_latency_is_counted_by_status_code(observed: GatewayProcess) -> None:
+    good = encode(scene(320, 240), "JPEG")
+    before = scrape(observed)
+    headers = {"content-type": "image/jpeg"}
+    assert httpx.post(f"{observed.url}/predict", content=good, headers=headers, timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{observed.url}/predict", content=b"not an image", headers=headers, timeout=30).status_code == 400
+    )
+    r = httpx.post(f"{observed.url}/predict?model=nope", content=good, headers=headers, timeout=30)
+    assert r.status_code == 404
+    after = scrape(observed)
+    name = "streamml_predict_request_seconds_count"
+    assert (
+        value(after, name, model="mobilenet_v3_small", code="200")
+        == value(before, name, model="mobilenet_v3_small", code="200") + 1
+    )
+    assert value(after, name, model="", code="400") == value(before, name, model="", code="400") + 1
+    assert value(after, name, model="", code="404") == value(before, name, model="", code="404") + 1
+    assert not any("nope" in dict(labels).values() for _, labels in after), "a client's model name is no label"
+
+
+def emf_records(gw: GatewayProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gw.log().splitlines() if line.startswith('{"_aws"')]
+
+
+def test_emf_lines_follow_the_format(observed: GatewayProcess) -> None:
+    wait_until(lambda: len(emf_records(observed)) >= 2, 30, what="two EMF lines")
+    for record in emf_records(observed):
+        aws = record["_aws"]
+        assert isinstance(aws["Timestamp"], int) and aws["Timestamp"] > 1_700_000_000_000
+        (directive,) = aws["CloudWatchMetrics"]
+        assert directive["Namespace"] == "stream-ml"
+        (dims,) = directive["Dimensions"]
+        assert dims == ["service", "site", "stream", "model"]
+        for key in dims:  # dimension values are top-level strings
+            assert isinstance(record[key], str), key
+        assert record["service"] == "stream-ml-test" and record["stream"] == "cam"
+        names = {m["Name"] for m in directive["Metrics"]}
+        assert {"InferenceLatencyP50", "InferenceLatencyP95", "FPS", "Errors"} <= names
+        for m in directive["Metrics"]:  # every metric is a top-level number with a CloudWatch unit
+            assert isinstance(record[m["Name"]], int | float), m
+            assert m["Unit"] in {"Milliseconds", "Count", "Count/Second"}
+        assert record["Predictions"] == 3
+        assert record["InferenceLatencyP50"] <= record["InferenceLatencyP95"]
+
+
+def test_metrics_endpoint_works_without_streams(gateway_proc: GatewayProcess) -> None:
+    r = httpx.get(f"{gateway_proc.url}/metrics", timeout=10)
+    assert r.status_code == 200
+    assert "streamml_predict_request_seconds" in r.text
