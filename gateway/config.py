@@ -115,6 +115,35 @@ class MetricsSettings(_Section):
         return v
 
 
+class S3Settings(_Section):
+    bucket: str | None = Field(None, description="Upload captures to this S3 bucket; null keeps them local.")
+    prefix: str = Field("captures/", description="Key prefix; keys are prefix + YYYY/MM/DD/<stream>/<name>.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (null: AWS; set for MinIO or a test server).")
+    region: str | None = Field(None, description="AWS region (null: boto3's default chain).")
+    connect_timeout_s: float = Field(2.0, gt=0, le=60, description="boto3 connect timeout.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="boto3 read timeout.")
+    max_attempts: int = Field(3, ge=1, le=10, description="boto3 'standard' retry mode attempts per request.")
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="Spool retry delay after a failed pass; doubles.")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Cap on the spool retry delay.")
+    poll_s: float = Field(1.0, gt=0, le=60, description="How often the uploader looks for new captures.")
+    spool_max_captures: int = Field(
+        10_000, ge=1, description="Captures kept waiting for S3; past it the oldest are deleted and counted."
+    )
+
+
+class CaptureSettings(_Section):
+    enabled: bool = Field(False, description="Capture stream frames by the policy below.")
+    root: str = Field("captures", min_length=1, description="Local folder (the spool when S3 is set).")
+    every_nth: int | None = Field(None, ge=1, description="Capture every Nth sampled frame of each stream.")
+    on_person: bool = Field(False, description="Capture frames where the detector found a person.")
+    below_confidence: float | None = Field(
+        None, gt=0, le=1, description="Capture frames whose top-1 classifier probability is below this."
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of captured frames.")
+    queue_size: int = Field(64, ge=1, le=10_000, description="Captures waiting for the writer; more are dropped.")
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+
 class StreamConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Stream id, used in URLs.")
     url: str = Field(min_length=1, description="rtsp:// or rtsps:// URL, video file path, or webcam index.")
@@ -190,6 +219,7 @@ class Settings(BaseSettings):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

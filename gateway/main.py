@@ -17,6 +17,7 @@ from gateway.api.routes import health, predict
 from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
 from gateway.api.timing import PredictTimer
+from gateway.capture import Capturer
 from gateway.config import Settings, load_settings
 from gateway.inference import TritonClient
 from gateway.metrics import Metrics
@@ -31,6 +32,11 @@ def _stream_rows(app: FastAPI) -> list[dict[str, Any]]:
     return [w.describe() for w in streams.list()] if streams is not None else []
 
 
+def _capture_stats(app: FastAPI) -> dict[str, int] | None:
+    capturer: Capturer | None = getattr(app.state, "capturer", None)
+    return capturer.stats.snapshot() if capturer is not None and capturer.enabled else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
@@ -41,14 +47,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = TritonClient(settings.triton)
         await client.start()
         predictor = Predictor(settings, client, executor)
-        streams = StreamManager(settings, predictor, metrics)
+        capturer = Capturer(settings.capture)
+        streams = StreamManager(settings, predictor, metrics, capturer)
         app.state.triton, app.state.predictor, app.state.streams = client, predictor, streams
+        app.state.capturer = capturer
         try:
             await predictor.start(settings.triton.startup_timeout_s)
+            capturer.start()
             await streams.start()
             yield
         finally:
             await streams.stop()
+            capturer.stop()
             await client.stop()
             executor.shutdown(wait=True, cancel_futures=True)
 
@@ -61,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.started_at = time.monotonic()
     # A passive registry, so it exists before the lifespan; it reads the streams at scrape time.
-    metrics = Metrics(lambda: _stream_rows(app))
+    metrics = Metrics(lambda: _stream_rows(app), lambda: _capture_stats(app))
     app.state.metrics = metrics
     app.add_middleware(PredictTimer, metrics=metrics)
     if settings.cors_origins:

@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,10 +71,37 @@ class _StreamCollector(Collector):
         yield from (fps, subs, running)
 
 
+class _CaptureCollector(Collector):
+    """Capture and S3 spool counters, read at scrape time."""
+
+    FIELDS: ClassVar[dict[str, str]] = {
+        "captured": "Captures written to disk.",
+        "dropped_queue_full": "Captures dropped because the writer queue was full.",
+        "write_errors": "Captures that failed to write.",
+        "uploaded": "Captures (image and metadata) stored in S3.",
+        "upload_errors": "Failed S3 upload passes.",
+        "spool_dropped": "Oldest captures deleted by the spool cap.",
+    }
+
+    def __init__(self, stats: Callable[[], Mapping[str, int] | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._stats()
+        if values is None:
+            return
+        for name, doc in self.FIELDS.items():
+            yield CounterMetricFamily(f"{PREFIX}_capture_{name}", doc, value=float(values.get(name, 0)))
+
+
 class Metrics:
     """The gateway's metrics; ``render()`` is the ``/metrics`` body."""
 
-    def __init__(self, streams: Callable[[], Iterable[Mapping[str, Any]]] = list) -> None:
+    def __init__(
+        self,
+        streams: Callable[[], Iterable[Mapping[str, Any]]] = list,
+        capture: Callable[[], Mapping[str, int] | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.inference_seconds = Histogram(
@@ -105,6 +132,7 @@ class Metrics:
             registry=r,
         )
         r.register(_StreamCollector(streams))
+        r.register(_CaptureCollector(capture))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
 from gateway.errors import (
     GatewayError,
@@ -62,7 +63,12 @@ def result_fields(p: Prediction) -> dict[str, Any]:
 
 class StreamWorker:
     def __init__(
-        self, config: StreamConfig, settings: Settings, predictor: Predictor, metrics: Metrics | None = None
+        self,
+        config: StreamConfig,
+        settings: Settings,
+        predictor: Predictor,
+        metrics: Metrics | None = None,
+        capturer: Capturer | None = None,
     ) -> None:
         self.config = config
         self.id = config.id
@@ -83,6 +89,7 @@ class StreamWorker:
         self.counters = WorkerCounters()
         self._predictor = predictor
         self._metrics = metrics or Metrics()
+        self._capturer = capturer
         self._emf = EmfWindow(self.id, self.model, settings.metrics) if settings.metrics.emf else None
         self._emf_log = emf_logger()
         self._top_k = settings.top_k
@@ -165,23 +172,23 @@ class StreamWorker:
             done = time.monotonic()
             self.counters.predictions += 1
             self._observe(p.preprocess_ms + p.inference_ms, (done - frame.captured_mono) * 1000)
-            self.broadcaster.publish(
-                "prediction",
-                {
-                    "stream": self.id,
-                    "frame": frame.index,
-                    "captured_at": frame.captured_at,
-                    "model": p.model.name,
-                    "model_version": p.model.version,
-                    **result_fields(p),
-                    "latency_ms": {
-                        "wait": round((started - frame.captured_mono) * 1000, 3),
-                        "preprocess": round(p.preprocess_ms, 3),
-                        "inference": round(p.inference_ms, 3),
-                        "total": round((done - frame.captured_mono) * 1000, 3),
-                    },
+            event = {
+                "stream": self.id,
+                "frame": frame.index,
+                "captured_at": frame.captured_at,
+                "model": p.model.name,
+                "model_version": p.model.version,
+                **result_fields(p),
+                "latency_ms": {
+                    "wait": round((started - frame.captured_mono) * 1000, 3),
+                    "preprocess": round(p.preprocess_ms, 3),
+                    "inference": round(p.inference_ms, 3),
+                    "total": round((done - frame.captured_mono) * 1000, 3),
                 },
-            )
+            }
+            self.broadcaster.publish("prediction", event)
+            if self._capturer is not None:
+                self._capturer.offer(self.id, frame.index, frame.captured_at, frame.image, event)
 
     def _failed(self, kind: str) -> None:
         self.counters.errors += 1
@@ -226,10 +233,17 @@ class StreamWorker:
 class StreamManager:
     """Owns every stream worker; created in the lifespan, stopped in reverse order."""
 
-    def __init__(self, settings: Settings, predictor: Predictor, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        metrics: Metrics | None = None,
+        capturer: Capturer | None = None,
+    ) -> None:
         self._settings = settings
         self._predictor = predictor
         self._metrics = metrics or Metrics()
+        self._capturer = capturer
         self._workers: dict[str, StreamWorker] = {}
         self.configured = [s.id for s in settings.all_streams()]
 
@@ -273,7 +287,7 @@ class StreamManager:
         if config.id in self._workers:
             raise StreamConflict(f"stream {config.id!r} already exists")
         try:
-            worker = StreamWorker(config, self._settings, self._predictor, self._metrics)
+            worker = StreamWorker(config, self._settings, self._predictor, self._metrics, self._capturer)
         except SourceError as e:
             raise StreamRefused(str(e)) from e
         self._workers[config.id] = worker

@@ -31,6 +31,9 @@ def observed(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -
         "APP_STREAMS": json.dumps([{"id": "cam", "url": str(clip), "loop": True}]),
         "APP_METRICS__LOG_EVERY": "3",
         "APP_METRICS__DIMENSIONS": json.dumps({"service": "stream-ml-test", "site": "lab"}),
+        "APP_CAPTURE__ENABLED": "true",
+        "APP_CAPTURE__EVERY_NTH": "2",
+        "APP_CAPTURE__ROOT": str(tmp / "captures"),
     }
     with gateway(env, tmp / "gateway.log") as gw:
         wait_until(lambda: stream_info(gw, "cam")["predictions"] >= 1, 30, what="first prediction")
@@ -112,6 +115,17 @@ def test_emf_lines_follow_the_format(observed: GatewayProcess) -> None:
             assert m["Unit"] in {"Milliseconds", "Count", "Count/Second"}
         assert record["Predictions"] == 3
         assert record["InferenceLatencyP50"] <= record["InferenceLatencyP95"]
+
+
+def test_stream_frames_are_captured_and_counted(observed: GatewayProcess) -> None:
+    root = observed.log_path.parent / "captures"
+    wait_until(lambda: len(list(root.rglob("*.json"))) >= 2, 30, what="two captures")
+    meta = json.loads(sorted(root.rglob("*.json"))[0].read_text())
+    assert meta["stream"] == "cam" and meta["frame"] % 2 == 0 and meta["capture_reason"] == "every_nth"
+    assert meta["model"] == "mobilenet_v3_small" and meta["predictions"] and "latency_ms" in meta
+    assert list(root.rglob(meta["image"])), "its JPEG is beside it"
+    samples = scrape(observed)
+    assert value(samples, "streamml_capture_captured_total") >= 2
 
 
 def test_metrics_endpoint_works_without_streams(gateway_proc: GatewayProcess) -> None:

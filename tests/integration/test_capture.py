@@ -1,0 +1,191 @@
+"""Inference capture: the policy, atomic local files, and the S3 spool against a real S3
+endpoint on loopback (moto in server mode, started by the fixture)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from moto.server import ThreadedMotoServer
+
+from gateway.capture import Capturer, should_capture
+from gateway.config import CaptureSettings, S3Settings
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+BUCKET = "captures-test"
+DETECTION = {"task": "detection", "label": "person", "person_count": 1, "boxes": []}
+NOBODY = {"task": "detection", "label": "no_person", "person_count": 0, "boxes": []}
+
+
+def frame(i: int) -> np.ndarray:
+    return np.full((90, 160, 3), i % 256, dtype=np.uint8)
+
+
+class S3Server:
+    """moto's S3 server on a loopback port; stop() and start() keep its objects (in-process state)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    mp = pytest.MonkeyPatch()
+    for key, val in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        mp.setenv(key, val)
+    server = S3Server()
+    server.start()
+    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+        mp.undo()
+
+
+def objects(server: S3Server, prefix: str) -> dict[str, bytes]:
+    c = boto3.client("s3", endpoint_url=server.url)
+    keys = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in page.get("Contents", [])]  # fmt: skip
+    return {k: c.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+def settings(root: Path, **kw: Any) -> CaptureSettings:
+    s3 = kw.pop("s3", None)
+    return CaptureSettings(enabled=True, root=str(root), **kw, **({"s3": s3} if s3 else {}))
+
+
+def s3_settings(server: S3Server, prefix: str, **kw: Any) -> S3Settings:
+    base = {"bucket": BUCKET, "prefix": prefix, "endpoint_url": server.url, "region": "us-east-1",
+            "connect_timeout_s": 0.5, "read_timeout_s": 2, "max_attempts": 2, "backoff_initial_s": 0.1,
+            "backoff_max_s": 0.5, "poll_s": 0.1}  # fmt: skip
+    return S3Settings(**{**base, **kw})
+
+
+def test_policy() -> None:
+    s = CaptureSettings(enabled=True, every_nth=5, on_person=True, below_confidence=0.3)
+    assert should_capture(s, 10, NOBODY) == "every_nth"
+    assert should_capture(s, 11, DETECTION) == "person"
+    assert should_capture(s, 11, NOBODY) is None
+    low = {"task": "classification", "predictions": [{"index": 1, "label": "x", "probability": 0.2}]}
+    high = {"task": "classification", "predictions": [{"index": 1, "label": "x", "probability": 0.9}]}
+    assert should_capture(s, 11, low) == "low_confidence" and should_capture(s, 11, high) is None
+
+
+def test_local_captures_are_complete_files_in_dated_stream_folders(tmp_path: Path) -> None:
+    cap = Capturer(settings(tmp_path / "cap", every_nth=1))
+    cap.start()
+    now = time.time()
+    for i in range(1, 4):
+        assert cap.offer("lobby", i, now, frame(i), {**DETECTION, "model": "person_detector", "model_version": "1"})
+    cap.stop()
+    t = time.gmtime(now)
+    folder = tmp_path / "cap" / f"{t.tm_year:04d}" / f"{t.tm_mon:02d}" / f"{t.tm_mday:02d}" / "lobby"
+    metas = sorted(folder.glob("*.json"))
+    assert len(metas) == 3 and len(list(folder.glob("*.jpg"))) == 3
+    assert not list(folder.glob(".*")), "no temp files left"
+    meta = json.loads(metas[0].read_text())
+    assert meta["model"] == "person_detector" and meta["model_version"] == "1" and meta["capture_reason"] == "every_nth"
+    assert (folder / meta["image"]).read_bytes()[:3] == b"\xff\xd8\xff"
+    assert cap.stats.captured == 3
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    cap = Capturer(settings(tmp_path / "cap", every_nth=1, queue_size=2))
+    release = threading.Event()
+    real_write = cap._write
+    cap._write = lambda c: (release.wait(10), real_write(c))[1]  # type: ignore[method-assign]
+    cap.start()
+    t0 = time.perf_counter()
+    results = [cap.offer("s", i, time.time(), frame(i), NOBODY) for i in range(1, 11)]
+    assert time.perf_counter() - t0 < 0.5, "offer never waits for the writer"
+    release.set()
+    cap.stop()
+    assert results.count(True) <= 3 and cap.stats.dropped_queue_full == results.count(False) >= 7
+
+
+def test_captures_reach_s3_image_first_with_deterministic_keys(s3_server: S3Server, tmp_path: Path) -> None:
+    cap = Capturer(settings(tmp_path / "spool", every_nth=1, s3=s3_settings(s3_server, "keys/")))
+    cap.start()
+    for i in range(1, 5):
+        cap.offer("gate", i, time.time(), frame(i), NOBODY)
+    wait_until(lambda: cap.stats.uploaded == 4, 20, what="4 captures uploaded")
+    cap.stop()
+    got = objects(s3_server, "keys/")
+    assert len(got) == 8
+    for key, body in got.items():
+        assert key.startswith("keys/") and "/gate/" in key
+        if key.endswith(".json"):
+            meta = json.loads(body)
+            assert key.rsplit("/", 1)[0] + "/" + meta["image"] in got, "metadata names its image, which is there"
+    assert not list((tmp_path / "spool").rglob("*.jpg")), "the spool is drained"
+
+
+def test_s3_outage_spools_then_drains_without_duplicates_or_slowing_offers(s3_server: S3Server, tmp_path: Path) -> None:
+    cap = Capturer(settings(tmp_path / "spool", every_nth=1, s3=s3_settings(s3_server, "outage/")))
+    cap.start()
+    offers: list[float] = []
+
+    def capture(n: int, start: int) -> None:
+        for i in range(start, start + n):
+            t0 = time.perf_counter()
+            cap.offer("yard", i, time.time(), frame(i), NOBODY)
+            offers.append(time.perf_counter() - t0)
+            time.sleep(0.02)
+
+    capture(5, 1)
+    wait_until(lambda: cap.stats.uploaded == 5, 20, what="uploads before the outage")
+    s3_server.stop()  # the outage
+    try:
+        capture(10, 6)
+        wait_until(lambda: cap.stats.upload_errors >= 1, 20, what="the uploader to notice")
+        time.sleep(1.0)
+        assert cap.stats.uploaded == 5, "nothing can be stored while S3 is down"
+    finally:
+        s3_server.start()
+    capture(5, 16)
+    wait_until(lambda: cap.stats.uploaded == 20, 30, what="the spool to drain")
+    cap.stop()
+    got = objects(s3_server, "outage/")
+    assert len(got) == 40, f"{len(got)} objects for 20 captures (image + metadata each)"
+    frames = sorted(json.loads(b)["frame"] for k, b in got.items() if k.endswith(".json"))
+    assert frames == list(range(1, 21)), "every capture once, none twice"
+    assert max(offers) < 0.05, f"an offer took {max(offers) * 1000:.1f} ms while S3 was down"
+
+
+def test_bounded_spool_drops_the_oldest_and_counts(s3_server: S3Server, tmp_path: Path) -> None:
+    dead = S3Settings(bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{free_port()}", region="us-east-1",
+                      connect_timeout_s=0.2, max_attempts=1, backoff_initial_s=0.1, backoff_max_s=0.2,
+                      poll_s=0.1, spool_max_captures=3)  # fmt: skip
+    cap = Capturer(settings(tmp_path / "spool", every_nth=1, s3=dead))
+    cap.start()
+    for i in range(1, 9):
+        cap.offer("dock", i, time.time() + i * 0.001, frame(i), NOBODY)
+    wait_until(lambda: cap.stats.captured == 8 and cap.stats.spool_dropped >= 5, 20, what="the cap to apply")
+    cap.stop()
+    left = sorted(json.loads(p.read_text())["frame"] for p in (tmp_path / "spool").rglob("*.json"))
+    assert left == [6, 7, 8], "the newest three stay"
+    assert cap.stats.spool_dropped == 5
