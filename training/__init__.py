@@ -1,0 +1,1 @@
+"""Dataset capture and training tools for the retraining loop (run in ``.venv``)."""

@@ -1,0 +1,1 @@
+raise SystemExit("use `python -m training.capture` (more tools follow)")
