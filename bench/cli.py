@@ -62,13 +62,7 @@ def _config(args: argparse.Namespace, tuning: ServerTuning) -> dict[str, object]
 
 def run(args: argparse.Namespace) -> Run:
     parts = set(args.only.split(","))
-    tuning = ServerTuning(
-        instance_count=args.instances,
-        intra_op_threads=args.intra_op_threads,
-        allow_spinning=args.allow_spinning,
-        preferred_batch_sizes=args.preferred_batch,
-        max_queue_delay_us=args.queue_delay_us,
-    )
+    tuning = ServerTuning.from_args(args)
     result = Run(started_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), config=_config(args, tuning))
     me: dict[str, Selector] = {"client": pid(os.getpid())}
 

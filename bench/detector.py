@@ -291,13 +291,7 @@ def run(args: argparse.Namespace) -> DetectorRun:
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if parts - set(PARTS):
         raise SystemExit(f"--only takes {', '.join(PARTS)}; got {args.only!r}")
-    tuning = ServerTuning(
-        instance_count=args.instances,
-        intra_op_threads=args.intra_op_threads,
-        allow_spinning=args.allow_spinning,
-        preferred_batch_sizes=args.preferred_batch,
-        max_queue_delay_us=args.queue_delay_us,
-    )
+    tuning = ServerTuning.from_args(args)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     me: dict[str, Selector] = {"client": pid(os.getpid())}
     images = scenes(POOL, *FRAME, seed=SCENE_SEED)

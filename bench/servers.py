@@ -69,6 +69,17 @@ class ServerTuning:
     preferred_batch_sizes: tuple[int, ...] | None = None  # None: as committed
     max_queue_delay_us: int | None = None  # None: as committed
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerTuning:
+        """From the flags ``add_tuning_args`` defines."""
+        return cls(
+            instance_count=args.instances,
+            intra_op_threads=args.intra_op_threads,
+            allow_spinning=args.allow_spinning,
+            preferred_batch_sizes=args.preferred_batch,
+            max_queue_delay_us=args.queue_delay_us,
+        )
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -17,6 +17,7 @@ from torchvision import models
 from torchvision.models import MobileNet_V3_Small_Weights
 
 from export.errors import WeightsUnavailable
+from export.onnx_file import write_onnx
 from export.weights import load_checkpoint, load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,20 +97,6 @@ def build_mobilenet_v3_small(
 
 def export_onnx(module: nn.Module, path: Path, *, input_shape: tuple[int, int, int], dtype: torch.dtype) -> None:
     """Export with a dynamic batch axis; written to a temp file and renamed, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".onnx.tmp")
     dummy = torch.zeros((2, *input_shape), dtype=dtype)
     dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (dummy,),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    tmp.replace(path)
+    write_onnx(module, dummy, path, input_name=INPUT_NAME, output_names=OUTPUT_NAMES, dynamic_axes=dynamic)

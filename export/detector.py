@@ -40,6 +40,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models import detection as det
 
 from export.errors import WeightsUnavailable
+from export.onnx_file import write_onnx
 from export.scriptable import BatchedDetector, with_exact_resize
 from export.weights import load_checkpoint, load_pretrained
 
@@ -153,23 +154,10 @@ def export_torchscript(module: BatchedDetector, path: Path) -> None:
 
 def export_onnx(module: BatchedDetector, path: Path, *, height: int, width: int) -> None:
     """Trace at batch 1 with dynamic height and width (opset 17, legacy exporter)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".onnx.tmp")
     dummy = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     dynamic = {INPUT_NAME: {2: "height", 3: "width"}}
-    with torch.no_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (dummy,),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    tmp.replace(path)
+        write_onnx(module, dummy, path, input_name=INPUT_NAME, output_names=OUTPUT_NAMES, dynamic_axes=dynamic)

@@ -46,9 +46,6 @@ class Detections:
         n = int(np.asarray(num).reshape(-1)[0])
         return cls(np.asarray(boxes)[:n], np.asarray(scores)[:n], np.asarray(labels)[:n])
 
-    def scaled(self, sx: float, sy: float) -> Detections:
-        return Detections(self.boxes * np.array([sx, sy, sx, sy], dtype=np.float32), self.scores, self.labels)
-
 
 @dataclass(frozen=True)
 class DetectionDiff:
