@@ -7,6 +7,10 @@ from this file (see ``embedded_triton.repository``); nobody maintains two by han
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,16 +122,69 @@ def check_compatible(existing: mc.ModelConfig, expected: mc.ModelConfig, path: P
         raise ConfigMismatch(f"{path}: max_batch_size must be >= 1 for the dynamic batcher")
 
 
-def write_model_files(model_dir: Path, *, config_text: str, labels: list[str], write_config: bool) -> str:
-    """Write labels, and the config if asked or absent; return what happened to the config."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+def next_version(model_dir: Path) -> int:
+    """One past the highest numbered version directory (1 for a new model)."""
+    versions = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and _is_version(p.name)] if model_dir.is_dir() else []
+    )
+    return max(versions, default=0) + 1
+
+
+def _is_version(name: str) -> bool:
+    # Triton ignores sub-directories that are not numbers or that start with 0.
+    return name.isdigit() and not name.startswith("0")
+
+
+def config_action(model_dir: Path, *, config_text: str, write_config: bool) -> str:
+    """``write`` or ``keep``; a kept config must describe the new model.  Called before
+    anything is exported, so a mismatch leaves the repository untouched."""
     cfg_path = model_dir / "config.pbtxt"
     if write_config or not cfg_path.exists():
-        cfg_path.write_text(config_text)
-        return "written"
+        return "write"
     check_compatible(parse_config(cfg_path.read_text()), parse_config(config_text), cfg_path)
-    return "kept (compatible)"
+    return "keep"
+
+
+@contextmanager
+def staged_version(model_dir: Path, version: int) -> Iterator[Path]:
+    """A hidden staging directory that becomes ``model_dir/<version>`` only if the block
+    succeeds (exported and checked).  Triton ignores non-numeric directories, so a
+    server watching the repository never sees a half-written or unchecked version."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    stage.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    final = model_dir / str(version)
+    if final.exists():  # re-exporting a version: swap, then drop the old files
+        old = model_dir / f".replaced-{version}-{stage.name.rsplit('-', 1)[-1]}"
+        final.rename(old)
+        stage.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        stage.rename(final)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_model_files(model_dir: Path, *, config_text: str, labels: list[str], action: str, version: int) -> None:
+    """Labels (model level, read by Triton, and a copy in the version directory that
+    records which labels that version was exported with), then the config if asked.
+    Every file is replaced atomically: a running Triton may read them at any time."""
+    text = "".join(f"{label}\n" for label in labels)
+    version_dir = model_dir / str(version)
+    if version_dir.is_dir():
+        _atomic_text(version_dir / LABELS_FILE, text)
+    _atomic_text(model_dir / LABELS_FILE, text)
+    if action == "write":
+        _atomic_text(model_dir / "config.pbtxt", config_text)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
 from export.classifier import build_mobilenet_v3_small
+from export.parity import OutputDiff
 from export.repository import ClassifierLayout, classifier_config
 from gateway.preprocess import classifier_input
 from tests.conftest import MODEL
@@ -149,6 +150,49 @@ def test_incompatible_committed_config_is_refused(tmp_path: Path) -> None:
     (model_dir / "config.pbtxt").write_text(classifier_config(layout))
     result = run_export("--weights", "random", "--repo", str(tmp_path))
     assert result.returncode == 1 and "does not describe the exported model" in result.stderr, result.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.pbtxt"], "refused before anything is written"
+
+
+def test_next_version_publishes_a_new_directory_with_its_labels(tmp_path: Path, checkpoint: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_export("--weights", str(checkpoint), "--repo", str(repo)).returncode == 0
+    three = mobilenet_v3_small(weights=None, num_classes=3).eval()
+    ckpt = tmp_path / "three.pt"
+    torch.save(three.state_dict(), ckpt)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    args = ("--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo), "--version", "next")
+    refused = run_export(*args)  # 3 classes against a 1000-class config: only with --write-config
+    assert refused.returncode == 1 and "--write-config" in refused.stderr
+    assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+    ok = run_export(*args, "--write-config")
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    assert (repo / MODEL / "2" / "labels.txt").read_text() == "cat\ndog\nbird\n"
+    assert (repo / MODEL / "labels.txt").read_text() == "cat\ndog\nbird\n"
+    assert "dims: [ 3 ]" in (repo / MODEL / "config.pbtxt").read_text()
+    assert (repo / MODEL / "2").stat().st_mode & 0o777 == 0o755
+    third = run_export(*args, "--write-config")
+    assert third.returncode == 0 and (repo / MODEL / "3" / "model.onnx").is_file()
+
+
+def test_a_failed_export_publishes_no_version(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_export("--weights", "random", "--repo", str(repo)).returncode == 0
+    before = (repo / MODEL / "1" / "model.onnx").read_bytes()
+    failed = run_export("--weights", "random", "--seed", "3", "--repo", str(repo), "--tolerance", "-1")
+    assert failed.returncode == 1 and "differs from eager torch" in failed.stderr
+    again = run_export("--weights", "random", "--repo", str(repo), "--version", "next", "--tolerance", "-1")
+    assert again.returncode == 1
+    assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "config.pbtxt", "labels.txt"], "no staging left"
+    assert (repo / MODEL / "1" / "model.onnx").read_bytes() == before, "version 1 untouched"
+
+
+def test_parity_tolerance_scales_with_large_outputs() -> None:
+    assert OutputDiff(5e-5, 0.9).within(1e-4)
+    assert not OutputDiff(2e-4, 0.9).within(1e-4)
+    assert OutputDiff(4e-4, 198.0).within(1e-4)  # a fine-tuned head's logits: float32 rounding scales
+    assert not OutputDiff(float("nan"), 1.0).within(1e-4)
 
 
 def test_committed_repository_is_what_export_writes() -> None:
