@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument(
+        "--watch-secs",
+        type=float,
+        default=2.0,
+        help="check the model repository this often and load new versions (explicit model control); 0: never "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         help="optional: after `--`, a command to run once Triton is ready (it gets APP_TRITON__URL); "
@@ -46,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         cpu=CpuOptions(instance_count=args.instances, intra_op_threads=args.intra_op_threads),
         log_verbose=args.log_verbose,
+        watch_s=args.watch_secs,
     )
     try:
         return main_loop(server, args.ready_timeout, command)

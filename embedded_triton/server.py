@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +105,14 @@ class EmbeddedTriton:
     host: str = "127.0.0.1"
     cpu: CpuOptions = field(default_factory=CpuOptions)
     log_verbose: int = 0
+    watch_s: float = 2.0  # how often the source repository is checked for new versions; 0: never
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _seen: dict[str, tuple[object, ...]] = field(default_factory=dict, init=False, repr=False)
+    _names: dict[str, str] = field(default_factory=dict, init=False, repr=False)  # directory -> model name
+    _watch_stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _watcher: threading.Thread | None = field(default=None, init=False, repr=False)
+    _sync_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def grpc_url(self) -> str:
@@ -142,6 +149,10 @@ class EmbeddedTriton:
             "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true",
             "--strict-model-config=true",
+            # Explicit model control: every model at start-up, then a new version is loaded
+            # when `sync()` has re-derived it (a poll could catch a half-derived directory).
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--disable-auto-complete-config",
             "--exit-timeout-secs=5",
             f"--log-verbose={self.log_verbose}",
@@ -157,6 +168,8 @@ class EmbeddedTriton:
             install = TritonInstall.discover(self.venv.resolve())
             self.work_dir.mkdir(parents=True, exist_ok=True)
             models = repository.build(self.model_repository, self.work_dir / "repository", self.cpu)
+            self._seen = {d.name: repository.fingerprint(d) for d in repository.model_dirs(self.model_repository)}
+            self._names = dict(zip(self._seen, models, strict=True))
             env = dict(os.environ)
             env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (install.libdir, env.get("LD_LIBRARY_PATH")) if p)
             # The stub's embedded interpreter ignores PYTHONPATH, but it finds its prefix through
@@ -178,6 +191,76 @@ class EmbeddedTriton:
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
                 )
             atexit.register(self.stop)
+            if self.watch_s > 0:
+                self._watch_stop.clear()
+                self._watcher = threading.Thread(target=self._watch, name="triton-repo-watch", daemon=True)
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        """Load new or changed models until stopped; never lets an error end the thread."""
+        while not self._watch_stop.wait(self.watch_s):
+            if self._proc is None:
+                continue
+            try:
+                self.sync()
+            except Exception:  # logged; the next round tries again
+                log.exception("model repository sync failed")
+
+    def sync(self) -> dict[str, str]:
+        """Re-derive every model whose source changed, and load it; unload removed ones.
+
+        Returns ``{model: "loaded" | "unloaded" | "failed: ..."}`` for what changed.
+        With ``version_policy latest 1`` Triton loads the new version next to the old
+        one and retires the old one when it is ready: requests keep being answered.  A
+        failed load leaves the model as it was (Triton keeps serving what it had)."""
+        with self._sync_lock:
+            return self._sync()
+
+    def _sync(self) -> dict[str, str]:
+        source = self.model_repository.resolve()
+        target = self.work_dir / "repository"
+        current = {d.name: d for d in repository.model_dirs(source)}
+        results: dict[str, str] = {}
+        for dirname, model_dir in current.items():
+            fp = repository.fingerprint(model_dir)
+            if self._seen.get(dirname) == fp:
+                continue
+            self._seen[dirname] = fp  # a broken export is reported once, not every round
+            try:
+                name = repository.rebuild_model(model_dir, target, self.cpu)
+                self._names[dirname] = name
+                self._repository_call(name, "load")
+                results[name] = "loaded"
+                log.info("loaded %s from %s", name, model_dir)
+            except (repository.RepositoryError, TritonStartError, OSError) as e:
+                results[dirname] = f"failed: {e}"
+                log.error("could not load %s: %s", dirname, e)
+        for dirname in sorted(set(self._seen) - set(current)):
+            del self._seen[dirname]
+            name = self._names.pop(dirname, dirname)
+            try:
+                self._repository_call(name, "unload")
+                results[name] = "unloaded"
+                log.info("unloaded %s (its directory is gone)", name)
+            except TritonStartError as e:
+                results[name] = f"failed: {e}"
+                log.error("could not unload %s: %s", name, e)
+        return results
+
+    def _repository_call(self, name: str, action: str, timeout: float = 300.0) -> None:
+        """POST /v2/repository/models/<name>/load|unload (Triton's model-control API)."""
+        url = f"{self.http_url}/v2/repository/models/{urllib.parse.quote(name)}/{action}"
+        request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback URL we built
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:  # noqa: S310
+                r.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                detail = json.loads(detail)["error"]
+            raise TritonStartError(f"Triton refused to {action} {name}: {detail}") from e
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            raise TritonStartError(f"could not reach Triton to {action} {name}: {e}") from e
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -203,6 +286,10 @@ class EmbeddedTriton:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left. Safe to call twice."""
+        self._watch_stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout)
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from embedded_triton.repository import CpuOptions, RepositoryError, build, derive_config
+from embedded_triton.repository import CpuOptions, RepositoryError, build, derive_config, fingerprint, rebuild_model
 from tests.conftest import DETECTOR, MODEL
 from tests.helpers import ROOT
 
@@ -65,3 +66,20 @@ def test_libtorch_detector_is_served_from_its_onnx_twin() -> None:
     assert derived.parameters["class_labels"].string_value.split(",")[1] == "person"
     for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup"):
         assert getattr(derived, field) == getattr(committed, field), f"{field} must be kept as committed"
+
+
+def test_rebuild_picks_up_a_new_version_and_ignores_staging(exported_repo: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(exported_repo / MODEL, src / MODEL)
+    build(src, tmp_path / "rt", CpuOptions())
+    before = fingerprint(src / MODEL)
+    (src / MODEL / ".staging-2-abc").mkdir()  # the exporter at work: not a version yet
+    (src / MODEL / ".staging-2-abc" / "model.onnx").write_bytes(b"half")
+    (src / MODEL / "01").mkdir()  # Triton ignores versions that start with 0
+    assert fingerprint(src / MODEL) == before
+    shutil.copytree(src / MODEL / "1", src / MODEL / "2")
+    assert fingerprint(src / MODEL) != before
+    assert rebuild_model(src / MODEL, tmp_path / "rt", CpuOptions()) == MODEL
+    assert sorted(p.name for p in (tmp_path / "rt").iterdir()) == [MODEL], "no leftovers beside it"
+    assert sorted(p.name for p in (tmp_path / "rt" / MODEL).iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    assert (tmp_path / "rt" / MODEL / "2" / "model.py").is_file()
