@@ -91,7 +91,9 @@ class TritonClient:
                 ("grpc.max_receive_message_length", 2**31 - 1),
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
+                # Ping only while calls are in flight: Triton (like any gRPC server by default)
+                # answers pings on an idle connection with GOAWAY "too_many_pings".
+                ("grpc.keepalive_permit_without_calls", 0),
                 ("grpc.http2.max_pings_without_data", 0),
                 # Reconnect quickly once Triton is back (gRPC's default backoff grows to 120 s).
                 ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
@@ -154,14 +156,22 @@ class TritonClient:
             return []
         return sorted({m.name for m in index.models if m.state == "READY"})
 
-    async def model_info(self, name: str) -> ModelInfo:
+    async def model_info(self, name: str, version: str = "") -> ModelInfo:
+        """Facts of ``version`` (default: the newest loaded) of model ``name``."""
         t = self._settings.request_timeout_s
+        what = f"{name} v{version}" if version else name
         try:
-            meta = await self._call(self._c.get_model_metadata(name, client_timeout=t), f"metadata of {name}", t)
+            meta = await self._call(
+                self._c.get_model_metadata(name, version, client_timeout=t), f"metadata of {what}", t
+            )
         except ModelNotFound as e:
+            if version:
+                raise
             served = await self.served_models()
             raise ModelNotFound(f"unknown model {name!r}; Triton serves: {', '.join(served) or 'nothing'}") from e
-        cfg = (await self._call(self._c.get_model_config(name, client_timeout=t), f"config of {name}", t)).config
+        cfg = (
+            await self._call(self._c.get_model_config(name, version, client_timeout=t), f"config of {what}", t)
+        ).config
         if len(meta.inputs) != 1:
             raise InferenceFailed(f"model {name} has {len(meta.inputs)} inputs; a classifier takes one image tensor")
         inp = meta.inputs[0]
@@ -185,7 +195,7 @@ class TritonClient:
             )
         common = {
             "name": name,
-            "version": str(meta.versions[-1]) if meta.versions else "",
+            "version": version or _newest(meta.versions),
             "input_name": inp.name,
             "input_datatype": inp.datatype,
             "input_shape": (shape[0], shape[1], shape[2]),
@@ -215,8 +225,10 @@ class TritonClient:
             **common,
         )
 
-    async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> list[list[Classification]]:
-        """Top-k per image, computed on the server by Triton's classification extension."""
+    async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[Classification]], str]:
+        """Top-k per image, computed on the server by Triton's classification extension
+        (labels included: Triton reads the label file when it loads a version), and the
+        version that answered."""
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         out = grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)
@@ -227,10 +239,12 @@ class TritonClient:
         rows = result.as_numpy(info.output_name)
         if rows is None:
             raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
-        return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows.reshape(batch.shape[0], -1)]
+        rows = rows.reshape(batch.shape[0], -1)
+        return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows], _version(result)
 
-    async def detect(self, info: ModelInfo, batch: np.ndarray) -> list[Detections]:
-        """Padded detections for a ``[B, 3, H, W]`` uint8 batch, cut to each image's count."""
+    async def detect(self, info: ModelInfo, batch: np.ndarray) -> tuple[list[Detections], str]:
+        """Padded detections for a ``[B, 3, H, W]`` uint8 batch, cut to each image's count,
+        and the version that answered."""
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         outs = [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
@@ -244,10 +258,26 @@ class TritonClient:
         boxes, scores, labels, num = arrays
         assert boxes is not None and scores is not None and labels is not None and num is not None
         counts = num.reshape(batch.shape[0])
-        return [
+        found = [
             Detections(boxes[i, : counts[i]], scores[i, : counts[i]], labels[i, : counts[i]])
             for i in range(batch.shape[0])
         ]
+        return found, _version(result)
+
+
+def _version(result: Any) -> str:
+    return str(result.get_response().model_version)
+
+
+def _newest(versions: Any) -> str:
+    """The highest of Triton's version strings (numbers, listed in no promised order)."""
+    listed = [str(v) for v in versions]
+    return max(listed, key=lambda v: (len(v), v)) if listed else ""
+
+
+def newer(a: str, b: str) -> bool:
+    """Whether version ``a`` is newer than ``b`` (numeric strings; anything beats "")."""
+    return (len(a), a) > (len(b), b)
 
 
 def _parse_class(entry: Any) -> Classification:

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from gateway.config import Settings
-from gateway.errors import BadRequest, InferenceFailed
-from gateway.inference import Classification, Detections, ModelInfo, TritonClient
+from gateway.errors import BadRequest, InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelNotFound
+from gateway.inference import Classification, Detections, ModelInfo, TritonClient, newer
 from gateway.preprocess import classifier_input, decode_image, letterbox, normalize
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,22 @@ class Predictor:
             raise InferenceFailed(
                 f"detector {name} has no class {self._settings.detector.person_class!r} (detector.person_class)"
             )
+        old = self._models.get(name)
+        if old is not None and old.version != info.version:
+            log.info(
+                "model %s: now serving version %s (was %s): %d classes",
+                name,
+                info.version,
+                old.version,
+                info.num_classes,
+            )
         self._models[name] = info
         return info
+
+    async def refresh(self, name: str) -> ModelInfo:
+        """Read the model's facts from Triton now (readiness does, so it reports the
+        version being served even while no inference runs)."""
+        return await self._load(name)
 
     def options(self, threshold: float | None = None, all_classes: bool | None = None) -> DetectOptions:
         d = self._settings.detector
@@ -218,16 +232,50 @@ class Predictor:
         count = int(np.count_nonzero(persons))
         return Detection("person" if count else "no_person", count, opts.threshold, out)
 
+    async def _served_by(self, info: ModelInfo, version: str) -> ModelInfo:
+        """The facts of the version that answered.  A new version (Triton loaded it while
+        the gateway runs) is read once and replaces the cached facts; a late answer from
+        the version just retired is read for itself and leaves the cache alone."""
+        if not version or version == info.version:
+            return info
+        cached = self._models.get(info.name)
+        if cached is not None and cached.version == version:
+            return cached
+        try:
+            served = await self._client.model_info(info.name, version)
+        except (ModelNotFound, InferenceUnavailable, InferenceTimeout, InferenceFailed) as e:
+            # Retired already (a late answer), or Triton cannot say now: the answer stands
+            # (a classifier's labels come from Triton itself), and the next one asks again.
+            log.debug("model %s: facts of version %s unavailable: %s", info.name, version, e)
+            return info
+        if cached is None or newer(version, cached.version):
+            self._models[info.name] = served
+            log.info(
+                "model %s: now serving version %s (was %s): %d classes",
+                info.name,
+                version,
+                info.version,
+                served.num_classes,
+            )
+        return served
+
     async def _infer(
         self, info: ModelInfo, batch: np.ndarray, geometry: _Geometry, top_k: int, opts: DetectOptions
-    ) -> tuple[list[Classification], Detection | None, float]:
+    ) -> tuple[ModelInfo, list[Classification], Detection | None, float]:
         t0 = time.perf_counter()
-        if info.task == "detection":
-            found = (await self._client.detect(info, batch))[0]
+        try:
+            if info.task == "detection":
+                found, version = await self._client.detect(info, batch)
+                ms = (time.perf_counter() - t0) * 1000
+                info = await self._served_by(info, version)
+                return info, [], self._detection(found[0], info, geometry, opts), ms
+            classes, version = await self._client.classify(info, batch, top_k)
             ms = (time.perf_counter() - t0) * 1000
-            return [], self._detection(found, info, geometry, opts), ms
-        classes = (await self._client.classify(info, batch, top_k))[0]
-        return classes, None, (time.perf_counter() - t0) * 1000
+            return await self._served_by(info, version), classes[0], None, ms
+        except InferenceFailed:
+            # Triton refused the request (a new version may expect another input): read the facts again.
+            self._models.pop(info.name, None)
+            raise
 
     async def predict_frame(
         self,
@@ -244,7 +292,7 @@ class Predictor:
         batch, geometry, preprocess_ms = await loop.run_in_executor(
             self._executor, self._prepare_frame, bgr, source_size, info
         )
-        classes, detection, inference_ms = await self._infer(info, batch, geometry, k, self.options())
+        info, classes, detection, inference_ms = await self._infer(info, batch, geometry, k, self.options())
         return Prediction(info, classes, detection, geometry.width, geometry.height, 0.0, preprocess_ms, inference_ms)
 
     async def predict(
@@ -256,7 +304,6 @@ class Predictor:
         options: DetectOptions | None = None,
     ) -> Prediction:
         name = model or self._settings.model
-        k = top_k or self._settings.top_k
         loop = asyncio.get_running_loop()
         info = self._models.get(name)
         if info is not None:  # the common case: one hop to the worker threads
@@ -267,7 +314,8 @@ class Predictor:
             image, decode_ms = await loop.run_in_executor(self._executor, self._decode, data)
             info = await self.model(name)
             batch, geometry, preprocess_ms = await loop.run_in_executor(self._executor, self._prepare, image, info)
-        if info.task == "classification" and k > info.num_classes:
-            raise BadRequest(f"top_k={k} exceeds the {info.num_classes} classes of model {name}")
-        classes, detection, inference_ms = await self._infer(info, batch, geometry, k, options or self.options())
+        if top_k is not None and info.task == "classification" and top_k > info.num_classes:
+            raise BadRequest(f"top_k={top_k} exceeds the {info.num_classes} classes of model {name}")
+        k = top_k or min(self._settings.top_k, info.num_classes)  # the default fits a model with fewer classes
+        info, classes, detection, inference_ms = await self._infer(info, batch, geometry, k, options or self.options())
         return Prediction(info, classes, detection, image.width, image.height, decode_ms, preprocess_ms, inference_ms)

@@ -33,7 +33,7 @@ async def ready(settings: SettingsDep, client: ClientDep, predictor: PredictorDe
         entry: dict[str, Any] = {"ready": bool(ok)}
         if ok:
             try:
-                info = await predictor.model(name)
+                info = await predictor.refresh(name)
                 entry.update(
                     version=info.version,
                     input=f"{info.input_datatype}{list(info.input_shape)}",
