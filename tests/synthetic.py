@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.models import mobilenet_v3_small
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
@@ -95,3 +97,36 @@ def synthetic_detector_checkpoint(path: Path, seed: int = 0) -> Path:
         roi.box_predictor.cls_score.bias[1] = mean.max() - mean[1]
     torch.save(model.state_dict(), path)
     return path
+
+
+PATTERNS = ("horizontal", "vertical", "checker")
+
+
+def pattern_image(kind: str, rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A two-colour pattern with a random period, phase, colours and noise: horizontal
+    stripes, vertical stripes, or a checkerboard (classes a small CNN can learn in
+    minutes from random weights, and that no colour statistic alone separates)."""
+    width, height = size
+    period = int(rng.integers(10, 28))
+    dy, dx = rng.integers(0, period, size=2)
+    ys = (np.arange(height)[:, None] + dy) // (period // 2) % 2
+    xs = (np.arange(width)[None, :] + dx) // (period // 2) % 2
+    mask = {"horizontal": ys + 0 * xs, "vertical": xs + 0 * ys, "checker": (xs + ys) % 2}[kind].astype(bool)
+    a, b = rng.integers(0, 256, size=(2, 3))
+    while np.abs(a.astype(int) - b).sum() < 150:  # enough contrast to see the pattern
+        a, b = rng.integers(0, 256, size=(2, 3))
+    rgb = np.where(mask[..., None], a, b).astype(np.float32) + rng.normal(0, 12, size=(height, width, 3))
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def pattern_dataset(
+    root: Path, per_class: int, *, seed: int, kinds: tuple[str, ...] = PATTERNS, names: tuple[str, ...] = ()
+) -> Path:
+    """``root/<name>/<i>.jpg``: an ImageFolder tree of ``pattern_image``s, one folder per
+    kind, named after the kind or after ``names`` (same order)."""
+    rng = np.random.default_rng(seed)
+    for kind, name in zip(kinds, names or kinds, strict=True):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pattern_image(kind, rng).save(root / name / f"{i:04d}.jpg", quality=90)
+    return root
