@@ -13,11 +13,11 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
 from gateway.capture import Capturer, should_capture
 from gateway.config import CaptureSettings, S3Settings
 from tests.helpers import free_port, wait_until
+from tests.peers.s3 import S3Server
 
 pytestmark = pytest.mark.integration
 BUCKET = "captures-test"
@@ -27,24 +27,6 @@ NOBODY = {"task": "detection", "label": "no_person", "person_count": 0, "boxes":
 
 def frame(i: int) -> np.ndarray:
     return np.full((90, 160, 3), i % 256, dtype=np.uint8)
-
-
-class S3Server:
-    """moto's S3 server on a loopback port; stop() and start() keep its objects (in-process state)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: ThreadedMotoServer | None = None
-
-    def start(self) -> None:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
 
 
 @pytest.fixture(scope="module")
