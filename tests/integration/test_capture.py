@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import numpy as np
 import pytest
 
+from embedded_triton import EmbeddedTriton
 from gateway.capture import Capturer, should_capture
 from gateway.config import CaptureSettings, S3Settings
-from tests.helpers import free_port, wait_until
+from tests.helpers import encode, free_port, gateway, scene, wait_until
+from tests.integration.test_observability import scrape, value
+from tests.peers.clips import write_clip
 from tests.peers.s3 import S3Server
 
 pytestmark = pytest.mark.integration
@@ -171,3 +175,57 @@ def test_bounded_spool_drops_the_oldest_and_counts(s3_server: S3Server, tmp_path
     left = sorted(json.loads(p.read_text())["frame"] for p in (tmp_path / "spool").rglob("*.json"))
     assert left == [6, 7, 8], "the newest three stay"
     assert cap.stats.spool_dropped == 5
+
+
+def test_s3_outage_does_not_slow_the_gateway(s3_server: S3Server, triton: EmbeddedTriton, tmp_path: Path) -> None:
+    """A live stream captures every sampled frame to S3 through the real gateway, while
+    /predict is timed with S3 up and with S3 down; then S3 returns and the spool drains."""
+    clip = write_clip(tmp_path / "loop.mp4", seconds=1.0)
+    env = {
+        "APP_TRITON__URL": triton.grpc_url,
+        "APP_FRAME_SAMPLE_FPS": "5",
+        "APP_STREAMS": json.dumps([{"id": "yard", "url": str(clip), "loop": True}]),
+        "APP_CAPTURE__ENABLED": "true",
+        "APP_CAPTURE__EVERY_NTH": "1",
+        "APP_CAPTURE__ROOT": str(tmp_path / "spool"),
+        "APP_CAPTURE__S3": s3_settings(s3_server, "gateway/").model_dump_json(),
+    }
+    image = encode(scene(640, 480), "JPEG")
+
+    def timed_predictions(n: int) -> float:
+        """Median round trip of n sequential /predict calls, ms."""
+        times = []
+        with httpx.Client(timeout=30) as c:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = c.post(f"{gw.url}/predict", files={"image": ("a.jpg", image, "image/jpeg")})
+                times.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200, r.text
+        return float(np.median(times))
+
+    def capture_counter(name: str) -> float:
+        return value(scrape(gw), f"streamml_capture_{name}_total")
+
+    with gateway(env, tmp_path / "gateway.log") as gw:
+        wait_until(lambda: capture_counter("uploaded") >= 3, 30, what="uploads from the stream")
+        up_ms = timed_predictions(30)
+        s3_server.stop()
+        try:
+            errors = capture_counter("upload_errors")
+            wait_until(lambda: capture_counter("upload_errors") > errors, 20, what="the uploader to notice")
+            frames = capture_counter("captured")
+            down_ms = timed_predictions(30)
+            wait_until(lambda: capture_counter("captured") >= frames + 10, 30, what="captures during the outage")
+            assert capture_counter("uploaded") <= frames, "nothing is stored while S3 is down"
+        finally:
+            s3_server.start()
+        assert httpx.delete(f"{gw.url}/streams/yard", timeout=10).status_code in (200, 204)  # captures stop
+        wait_until(
+            lambda: capture_counter("uploaded") == capture_counter("captured") > frames, 60, what="the spool to drain"
+        )
+        uploaded = int(capture_counter("uploaded"))
+        got = objects(s3_server, "gateway/")
+    images = [k for k in got if k.endswith(".jpg")]
+    assert len(images) == uploaded and len(got) == 2 * uploaded, "every capture once: image and metadata"
+    print(f"/predict median with S3 up {up_ms:.1f} ms, down {down_ms:.1f} ms; {uploaded} captures uploaded")
+    assert down_ms <= 1.5 * up_ms + 10, f"/predict median {down_ms:.1f} ms with S3 down vs {up_ms:.1f} ms up"
