@@ -121,6 +121,9 @@ bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table +
 bench-streams: setup system-deps ## Stream density: N RTSP streams, gateway vs a naive loop; table, JSON, PNG
 	$(PY) -m bench.stream_density
 
+bench-capture: setup system-deps ## Capture overhead: N RTSP streams, capture off vs local vs S3 (moto); table + JSON
+	$(PY) -m bench.capture_overhead
+
 bench-detector: setup ## Detector: Triton gRPC at concurrency 1,4,8 vs eager torchvision and ORT in process; table + JSON
 	$(PY) -m bench.detector
 
@@ -130,4 +133,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) *.egg-info
 
-.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams bench-detector clean distclean
+.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams bench-detector bench-capture clean distclean
