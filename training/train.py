@@ -314,8 +314,12 @@ def train(args: argparse.Namespace) -> Report:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}")
             val_acc = None
-            if val is not None and epoch < args.epochs:  # the last epoch is evaluated after recalibration
-                val_acc, _ = evaluate(model, val, len(classes))
+            if val is not None:
+                if not args.no_recalibrate_bn:  # eval mode needs this data's statistics (see recalibrate_batchnorm)
+                    recalibrate_batchnorm(model, plain)
+                val_acc, per_class = evaluate(model, val, len(classes))
+                report.final_val_accuracy = val_acc
+                report.per_class_val_accuracy = dict(zip(classes, per_class, strict=True))
             log = EpochLog(epoch, loss_sum / max(seen, 1), right / max(seen, 1), val_acc, time.perf_counter() - t0)
             report.epochs.append(log)
             shown = "-" if val_acc is None else f"{val_acc:.3f}"
@@ -324,13 +328,8 @@ def train(args: argparse.Namespace) -> Report:
                 f"val acc {shown}  ({log.seconds:.1f}s)",
                 file=sys.stderr,
             )
-    if not args.no_recalibrate_bn:
+    if val is None and not args.no_recalibrate_bn:
         recalibrate_batchnorm(model, plain)
-    if val is not None:
-        acc, per_class = evaluate(model, val, len(classes))
-        report.final_val_accuracy = acc
-        report.per_class_val_accuracy = dict(zip(classes, per_class, strict=True))
-        report.epochs[-1].val_accuracy = acc
     _write(args.out, net, classes, report, args)
     return report
 

@@ -57,12 +57,12 @@ def test_train_export_and_serve_a_new_version(exported_repo: Path, tmp_path: Pat
 
             trained = run(
                 "training.train", str(data), "--out", str(tmp_path / "run"), "--weights", "random",
-                "--epochs", "8", "--batch-size", "16", "--workers", "1", timeout=600,
+                "--epochs", "12", "--batch-size", "16", "--workers", "1", timeout=600,
             )  # fmt: skip
             assert trained.returncode == 0, trained.stderr[-3000:]
             assert "validation accuracy:" in trained.stdout and "train:" in trained.stderr  # a progress bar
             report = json.loads((tmp_path / "run" / "train.json").read_text())
-            assert report["classes"] == sorted(PATTERNS) and len(report["epochs"]) == 8
+            assert report["classes"] == sorted(PATTERNS) and len(report["epochs"]) == 12
             labels = (tmp_path / "run" / "labels.txt").read_text().split()
             assert labels == sorted(PATTERNS)
 
