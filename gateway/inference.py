@@ -29,6 +29,7 @@ T = TypeVar("T")
 PROBABILITIES = "probabilities"
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 LABELS_PARAMETER = "class_labels"  # written into the detector's config by `python -m export`
+RETIRED_VERSION = "is not at ready state"  # Triton's words for a version being unloaded
 _NUMPY: dict[str, type[np.generic]] = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
 
 
@@ -121,6 +122,24 @@ class TritonClient:
             raise InferenceTimeout(f"Triton did not answer {what} within {timeout:g}s") from e
         except InferenceServerException as e:
             raise _translate(e, what) from e
+
+    async def _infer(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
+        """One inference, retried once when it met a version being retired.
+
+        While Triton swaps model versions (explicit load of a new version), a request
+        routed to the old version just as it is unloaded is refused with UNAVAILABLE
+        "version N is not at ready state" before it ran (seen once in ~5 switches at
+        ~500 requests/s).  Sending it again reaches the new version; nothing else is
+        retried here."""
+        t = self._settings.request_timeout_s
+        what = f"inference on {name}"
+        try:
+            return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
+        except InferenceUnavailable as e:
+            if RETIRED_VERSION not in str(e) or isinstance(e, InferenceTimeout):
+                raise
+            log.info("%s met a retired version (%s); sending it again", what, e)
+        return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
 
     async def server_ready(self) -> bool:
         t = self._settings.health_timeout_s
@@ -232,10 +251,7 @@ class TritonClient:
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         out = grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)
-        t = self._settings.request_timeout_s
-        result = await self._call(
-            self._c.infer(info.name, [inp], outputs=[out], client_timeout=t), f"inference on {info.name}", t
-        )
+        result = await self._infer(info.name, [inp], [out])
         rows = result.as_numpy(info.output_name)
         if rows is None:
             raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
@@ -248,10 +264,7 @@ class TritonClient:
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         outs = [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
-        t = self._settings.request_timeout_s
-        result = await self._call(
-            self._c.infer(info.name, [inp], outputs=outs, client_timeout=t), f"inference on {info.name}", t
-        )
+        result = await self._infer(info.name, [inp], outs)
         arrays = [result.as_numpy(n) for n in DETECTION_OUTPUTS]
         if any(a is None for a in arrays):
             raise InferenceFailed(f"Triton returned no detections for {info.name}")
