@@ -9,7 +9,7 @@ import uvicorn
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
-from gateway.main import create_app
+from gateway.main import LOG_FORMAT, create_app
 
 
 def main() -> int:
@@ -19,7 +19,7 @@ def main() -> int:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
     level = settings.server.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

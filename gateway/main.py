@@ -37,8 +37,25 @@ def _capture_stats(app: FastAPI) -> dict[str, int] | None:
     return capturer.stats.snapshot() if capturer is not None and capturer.enabled else None
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _default_logging(level: str) -> None:
+    """Under a bare ``uvicorn gateway.main:create_app --factory`` nobody configures
+    logging, and the gateway's own INFO lines (model ready, version switches) would be
+    lost.  If neither the root nor the ``gateway`` logger has a handler, give the
+    ``gateway`` logger one on stderr; a host that configures logging is left alone."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    _default_logging(settings.server.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -112,3 +112,4 @@ def test_train_export_and_serve_a_new_version(exported_repo: Path, tmp_path: Pat
             ready = client.get(f"{gw.url}/health/ready").json()
             assert ready["components"]["models"][MODEL]["version"] == "2"
         assert gw.proc is not None and gw.proc.pid == pid and gw.proc.poll() is None, "the gateway kept running"
+    assert "now serving version 2 (was 1): 3 classes" in gw.log_path.read_text()
