@@ -288,11 +288,6 @@ def _newest(versions: Any) -> str:
     return max(listed, key=lambda v: (len(v), v)) if listed else ""
 
 
-def newer(a: str, b: str) -> bool:
-    """Whether version ``a`` is newer than ``b`` (numeric strings; anything beats "")."""
-    return (len(a), a) > (len(b), b)
-
-
 def _parse_class(entry: Any) -> Classification:
     text = entry.decode() if isinstance(entry, bytes) else str(entry)
     value, index, *label = text.split(":", 2)

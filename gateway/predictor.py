@@ -21,7 +21,7 @@ from PIL import Image
 
 from gateway.config import Settings
 from gateway.errors import BadRequest, InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelNotFound
-from gateway.inference import Classification, Detections, ModelInfo, TritonClient, newer
+from gateway.inference import Classification, Detections, ModelInfo, TritonClient
 from gateway.preprocess import classifier_input, decode_image, letterbox, normalize
 
 log = logging.getLogger(__name__)
@@ -233,31 +233,27 @@ class Predictor:
         return Detection("person" if count else "no_person", count, opts.threshold, out)
 
     async def _served_by(self, info: ModelInfo, version: str) -> ModelInfo:
-        """The facts of the version that answered.  A new version (Triton loaded it while
-        the gateway runs) is read once and replaces the cached facts; a late answer from
-        the version just retired is read for itself and leaves the cache alone."""
+        """The facts of the version that answered.
+
+        A version other than the cached one means Triton switched (a new version, or a
+        rollback): the cached facts are dropped and the current ones read through
+        ``model()`` -- one shared, validated read however many answers notice at once.
+        An answer from a version that is no longer current (a late answer from the one
+        just retired) is read for itself and leaves the cache alone."""
         if not version or version == info.version:
             return info
-        cached = self._models.get(info.name)
-        if cached is not None and cached.version == version:
-            return cached
         try:
-            served = await self._client.model_info(info.name, version)
+            if self._models.get(info.name) is info:  # the first to notice drops the stale facts
+                del self._models[info.name]
+            current = await self.model(info.name)
+            if current.version == version:
+                return current
+            return await self._client.model_info(info.name, version)
         except (ModelNotFound, InferenceUnavailable, InferenceTimeout, InferenceFailed) as e:
-            # Retired already (a late answer), or Triton cannot say now: the answer stands
-            # (a classifier's labels come from Triton itself), and the next one asks again.
+            # Retired already, or Triton cannot say now: the answer stands (a classifier's
+            # labels come from Triton itself), and the next request reads again.
             log.debug("model %s: facts of version %s unavailable: %s", info.name, version, e)
             return info
-        if cached is None or newer(version, cached.version):
-            self._models[info.name] = served
-            log.info(
-                "model %s: now serving version %s (was %s): %d classes",
-                info.name,
-                version,
-                info.version,
-                served.num_classes,
-            )
-        return served
 
     async def _infer(
         self, info: ModelInfo, batch: np.ndarray, geometry: _Geometry, top_k: int, opts: DetectOptions
