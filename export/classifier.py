@@ -55,44 +55,55 @@ class BuiltClassifier:
     weights_desc: str
 
 
+def load_mobilenet_v3_small(weights: str, *, seed: int = 0) -> tuple[models.MobileNetV3, str]:
+    """torchvision's MobileNetV3-Small from ``default`` (ImageNet), ``random`` or a
+    checkpoint path (its head keeps the checkpoint's class count), and a description."""
+    if weights == "default":
+        preset = MobileNet_V3_Small_Weights.IMAGENET1K_V1
+        model = models.mobilenet_v3_small(weights=None)
+        model.load_state_dict(load_pretrained(preset, model_name="mobilenet_v3_small"))
+        return model, str(preset)
+    if weights == "random":
+        torch.manual_seed(seed)
+        return models.mobilenet_v3_small(weights=None), f"random (seed {seed})"
+    path = Path(weights)
+    state = load_checkpoint(path)
+    head = state.get("classifier.3.weight")
+    if head is None:
+        raise WeightsUnavailable(f"--weights {path}: not a MobileNetV3-Small state dict (no classifier.3.weight)")
+    model = models.mobilenet_v3_small(weights=None, num_classes=int(head.shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsUnavailable(f"--weights {path}: does not fit MobileNetV3-Small: {e}") from e
+    return model, f"checkpoint {path}"
+
+
 def build_mobilenet_v3_small(
     weights: str, *, labels_file: Path | None = None, seed: int = 0, normalize: bool = True
 ) -> BuiltClassifier:
     """Build the eval-mode wrapper from ``default``, ``random`` or a checkpoint path."""
-    preset = MobileNet_V3_Small_Weights.IMAGENET1K_V1
-    labels = list(preset.meta["categories"])  # shipped with torchvision: no download
-    if weights == "default":
-        model = models.mobilenet_v3_small(weights=None)
-        model.load_state_dict(load_pretrained(preset, model_name="mobilenet_v3_small"))
-        desc = str(preset)
-    elif weights == "random":
-        torch.manual_seed(seed)
-        model = models.mobilenet_v3_small(weights=None)
-        desc = f"random (seed {seed})"
-    else:
-        path = Path(weights)
-        state = load_checkpoint(path)
-        head = state.get("classifier.3.weight")
-        if head is None:
-            raise WeightsUnavailable(f"--weights {path}: not a MobileNetV3-Small state dict (no classifier.3.weight)")
-        num_classes = int(head.shape[0])
-        model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise WeightsUnavailable(f"--weights {path}: does not fit MobileNetV3-Small: {e}") from e
+    if labels_file is not None and weights in ("default", "random"):
+        raise WeightsUnavailable("--labels only applies to a checkpoint (--weights PATH)")
+    model, desc = load_mobilenet_v3_small(weights, seed=seed)
+    labels = list(MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"])  # shipped with torchvision
+    if weights not in ("default", "random"):
+        num_classes = num_outputs(model)
         if labels_file is not None:
             labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
         if len(labels) != num_classes:
             raise WeightsUnavailable(
-                f"--weights {path} has {num_classes} classes but {len(labels)} labels; pass --labels FILE "
+                f"--weights {weights} has {num_classes} classes but {len(labels)} labels; pass --labels FILE "
                 "with one class name per line"
             )
-        desc = f"checkpoint {path}"
-    if labels_file is not None and weights in ("default", "random"):
-        raise WeightsUnavailable("--labels only applies to a checkpoint (--weights PATH)")
     model.eval()
     return BuiltClassifier(NormalizedClassifier(model, normalize=normalize).eval(), labels, desc)
+
+
+def num_outputs(model: models.MobileNetV3) -> int:
+    head = model.classifier[3]
+    assert isinstance(head, nn.Linear)
+    return head.out_features
 
 
 def export_onnx(module: nn.Module, path: Path, *, input_shape: tuple[int, int, int], dtype: torch.dtype) -> None:

@@ -168,7 +168,8 @@ def staged_version(model_dir: Path, version: int) -> Iterator[Path]:
         stage.rename(final)
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def atomic_text(path: Path, text: str) -> None:
+    """Write beside, then rename: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -181,10 +182,10 @@ def write_model_files(model_dir: Path, *, config_text: str, labels: list[str], a
     text = "".join(f"{label}\n" for label in labels)
     version_dir = model_dir / str(version)
     if version_dir.is_dir():
-        _atomic_text(version_dir / LABELS_FILE, text)
-    _atomic_text(model_dir / LABELS_FILE, text)
+        atomic_text(version_dir / LABELS_FILE, text)
+    atomic_text(model_dir / LABELS_FILE, text)
     if action == "write":
-        _atomic_text(model_dir / "config.pbtxt", config_text)
+        atomic_text(model_dir / "config.pbtxt", config_text)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.models import MobileNet_V3_Small_Weights
 from tqdm import tqdm
 
-from export.classifier import NormalizedClassifier
-from export.errors import ExportError, WeightsUnavailable
-from export.weights import load_checkpoint, load_pretrained
+from export.classifier import NormalizedClassifier, load_mobilenet_v3_small, num_outputs
+from export.errors import ExportError
+from export.repository import atomic_text
 
 RESIZE = 256  # the serving preprocessing: torchvision's preset for MobileNetV3-Small
 CROP = 224
@@ -146,30 +145,14 @@ class ImageList(Dataset[tuple[torch.Tensor, int]]):
         return image, s.target
 
 
-def build_model(weights: str, num_classes: int, *, seed: int) -> tuple[nn.Module, str]:
-    """MobileNetV3-Small with a fresh head for ``num_classes``; ``default`` = ImageNet weights."""
+def build_model(weights: str, num_classes: int, *, seed: int) -> tuple[models.MobileNetV3, str]:
+    """MobileNetV3-Small (the exporter's loading) with a fresh head for ``num_classes``
+    unless the weights already have one that size."""
     torch.manual_seed(seed)
-    model = models.mobilenet_v3_small(weights=None)
-    if weights == "default":
-        preset = MobileNet_V3_Small_Weights.IMAGENET1K_V1
-        model.load_state_dict(load_pretrained(preset, model_name="mobilenet_v3_small"))
-        desc = str(preset)
-    elif weights == "random":
-        desc = f"random (seed {seed})"
-    else:
-        state = load_checkpoint(Path(weights))
-        head = state.get("classifier.3.weight")
-        if head is None:
-            raise WeightsUnavailable(f"--weights {weights}: not a MobileNetV3-Small state dict")
-        model = models.mobilenet_v3_small(weights=None, num_classes=int(head.shape[0]))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise WeightsUnavailable(f"--weights {weights}: does not fit MobileNetV3-Small: {e}") from e
-        desc = f"checkpoint {weights}"
-    old = model.classifier[3]
-    assert isinstance(old, nn.Linear)
-    if old.out_features != num_classes:
+    model, desc = load_mobilenet_v3_small(weights, seed=seed)
+    if num_outputs(model) != num_classes:
+        old = model.classifier[3]
+        assert isinstance(old, nn.Linear)
         model.classifier[3] = nn.Linear(old.in_features, num_classes)
     return model, desc
 
@@ -334,20 +317,14 @@ def train(args: argparse.Namespace) -> Report:
     return report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _write(out: Path, net: nn.Module, classes: list[str], report: Report, args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".model.pt.tmp"
     torch.save(net.state_dict(), tmp)
     tmp.replace(out / "model.pt")
-    _atomic_write(out / "labels.txt", "".join(f"{c}\n" for c in classes).encode())
+    atomic_text(out / "labels.txt", "".join(f"{c}\n" for c in classes))
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    _atomic_write(out / "train.json", json.dumps({"settings": settings, **asdict(report)}, indent=2).encode())
+    atomic_text(out / "train.json", json.dumps({"settings": settings, **asdict(report)}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
