@@ -106,12 +106,12 @@ class Predictor:
         )
         return True
 
-    async def model(self, name: str) -> ModelInfo:
-        """The model's facts, read from Triton once.  Concurrent callers share one
-        in-flight read (so none waits longer than one deadline); a failure is not
-        cached and the next call tries again."""
+    async def model(self, name: str, *, stale: ModelInfo | None = None) -> ModelInfo:
+        """The model's facts, read from Triton once (again if the cached ones are
+        ``stale``).  Concurrent callers share one in-flight read (so none waits longer
+        than one deadline); a failure is not cached and the next call tries again."""
         info = self._models.get(name)
-        if info is not None:
+        if info is not None and info is not stale:
             return info
         loading = self._loading.get(name)
         if loading is None:
@@ -236,16 +236,14 @@ class Predictor:
         """The facts of the version that answered.
 
         A version other than the cached one means Triton switched (a new version, or a
-        rollback): the cached facts are dropped and the current ones read through
-        ``model()`` -- one shared, validated read however many answers notice at once.
+        rollback): the current facts are read through ``model()`` -- one shared,
+        validated read however many answers notice at once, logged as a switch.
         An answer from a version that is no longer current (a late answer from the one
         just retired) is read for itself and leaves the cache alone."""
         if not version or version == info.version:
             return info
         try:
-            if self._models.get(info.name) is info:  # the first to notice drops the stale facts
-                del self._models[info.name]
-            current = await self.model(info.name)
+            current = await self.model(info.name, stale=info)
             if current.version == version:
                 return current
             return await self._client.model_info(info.name, version)
