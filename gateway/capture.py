@@ -3,7 +3,8 @@
 ``Capturer`` decides by policy (every Nth frame, a person detected, top-1 confidence
 below a threshold) and hands the frame to its own writer thread through a bounded
 queue: a full queue drops the capture and counts it, inference never waits.  The
-writer encodes a JPEG and a metadata JSON under ``root/YYYY/MM/DD/<stream>/``, each
+writer encodes a JPEG and its record (``schema.CaptureRecord``: the prediction event
+plus the reason and the file) under ``root/YYYY/MM/DD/<stream>/``, each
 written to a temp file and renamed, with names it generates (time, frame index, a
 random suffix); a client's text never becomes a path (stream ids are validated as
 ``[A-Za-z0-9_-]{1,64}`` by the settings).
@@ -19,7 +20,6 @@ counted.  Nothing here imports FastAPI.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -28,19 +28,27 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from gateway.config import CaptureSettings
+from gateway.schema import (
+    CapturedFile,
+    CaptureReason,
+    ClassificationEvent,
+    ClassificationResult,
+    DetectionEvent,
+    DetectionResult,
+    capture_record,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CaptureStats:
-    offered: int = 0
+    offered: int = 0  # predictions checked against the policy
     captured: int = 0  # written to disk
     dropped_queue_full: int = 0
     write_errors: int = 0
@@ -49,10 +57,6 @@ class CaptureStats:
     spool_dropped: int = 0  # oldest captures deleted by the spool cap
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if isinstance(v, int)}
-
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
@@ -60,24 +64,23 @@ class CaptureStats:
 
 @dataclass(frozen=True)
 class Capture:
-    stream: str
-    frame_index: int
-    captured_at: float
+    event: ClassificationEvent | DetectionEvent
+    reason: CaptureReason
     image_bgr: np.ndarray
-    metadata: dict[str, Any]
 
 
-def should_capture(settings: CaptureSettings, frame_index: int, result: dict[str, Any]) -> str | None:
-    """The policy that matched, or None.  ``result`` is a prediction event's task fields."""
+def should_capture(
+    settings: CaptureSettings, frame_index: int, result: ClassificationResult | DetectionResult
+) -> CaptureReason | None:
+    """The policy that matched, or None."""
     if settings.every_nth and frame_index % settings.every_nth == 0:
         return "every_nth"
-    if settings.on_person and result.get("task") == "detection" and result.get("label") == "person":
+    if settings.on_person and isinstance(result, DetectionResult) and result.label == "person":
         return "person"
     threshold = settings.below_confidence
-    if threshold is not None and result.get("task") == "classification":
-        top = result.get("predictions") or []
-        if top and float(top[0]["probability"]) < threshold:
-            return "low_confidence"
+    top = result.predictions[0] if isinstance(result, ClassificationResult) and result.predictions else None
+    if threshold is not None and top is not None and top.probability < threshold:
+        return "low_confidence"
     return None
 
 
@@ -125,19 +128,16 @@ class Capturer:
         if uploader is not None:
             uploader.stop()
 
-    def offer(
-        self, stream: str, frame_index: int, captured_at: float, image_bgr: np.ndarray, event: dict[str, Any]
-    ) -> bool:
-        """Called from the inference loop with a finished prediction event; never blocks."""
+    def offer(self, event: ClassificationEvent | DetectionEvent, image_bgr: np.ndarray) -> bool:
+        """Called from the inference loop with a finished prediction event and its frame; never blocks."""
         if self._thread is None:
             return False
         self.stats.add("offered")
-        reason = should_capture(self.settings, frame_index, event)
+        reason = should_capture(self.settings, event.frame, event)
         if reason is None:
             return False
-        metadata = {**event, "capture_reason": reason}
         try:
-            self._queue.put_nowait(Capture(stream, frame_index, captured_at, image_bgr, metadata))
+            self._queue.put_nowait(Capture(event, reason, image_bgr))
         except queue.Full:
             self.stats.add("dropped_queue_full")
             return False
@@ -153,24 +153,21 @@ class Capturer:
                 self.stats.add("captured")
             except (OSError, ValueError, cv2.error):
                 self.stats.add("write_errors")
-                log.exception("capture of %s frame %d failed", item.stream, item.frame_index)
+                log.exception("capture of %s frame %d failed", item.event.stream, item.event.frame)
 
     def _write(self, c: Capture) -> None:
-        t = time.gmtime(c.captured_at)
-        folder = self.root / f"{t.tm_year:04d}" / f"{t.tm_mon:02d}" / f"{t.tm_mday:02d}" / c.stream
+        e = c.event
+        t = time.gmtime(e.captured_at)
+        folder = self.root / f"{t.tm_year:04d}" / f"{t.tm_mon:02d}" / f"{t.tm_mday:02d}" / e.stream
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{int(c.captured_at * 1000)}-{c.frame_index:08d}-{secrets.token_hex(4)}"
+        stem = f"{int(e.captured_at * 1000)}-{e.frame:08d}-{secrets.token_hex(4)}"
         ok, jpeg = cv2.imencode(".jpg", c.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
         if not ok:
             raise ValueError("JPEG encoding failed")
         height, width = c.image_bgr.shape[:2]
-        meta = {
-            **c.metadata,
-            **{"stream": c.stream, "frame": c.frame_index, "captured_at": c.captured_at},
-            **{"image": f"{stem}.jpg", "width": int(width), "height": int(height)},
-        }
+        record = capture_record(e, c.reason, CapturedFile(name=f"{stem}.jpg", width=width, height=height))
         _atomic_write(folder / f"{stem}.jpg", jpeg.tobytes())
-        _atomic_write(folder / f"{stem}.json", json.dumps(meta, separators=(",", ":")).encode())  # last: complete
+        _atomic_write(folder / f"{stem}.json", record.model_dump_json().encode())  # last: the capture is complete
 
 
 class S3Uploader:

@@ -8,6 +8,7 @@ Unknown keys and invalid values stop start-up with the field's name.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from gateway.errors import ConfigError
+from gateway.parsing import ascii_digits
 
 CONFIG_ENV = "APP_CONFIG"
 
@@ -46,7 +48,7 @@ class TritonSettings(_Section):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not ascii_digits(port) or not 0 < int(port) < 65536:
             raise ValueError(f"expected host:port (gRPC, no scheme), got {v!r}")
         return v
 
@@ -141,14 +143,14 @@ class CaptureSettings(_Section):
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of captured frames.")
     queue_size: int = Field(64, ge=1, le=10_000, description="Captures waiting for the writer; more are dropped.")
-    s3: S3Settings = Field(default_factory=S3Settings)
+    s3: S3Settings = Field(default_factory=S3Settings, description="Upload captures to S3 through a local spool.")
 
 
 class StreamConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Stream id, used in URLs.")
     url: str = Field(min_length=1, description="rtsp:// or rtsps:// URL, video file path, or webcam index.")
     sample_fps: float | None = Field(
-        None, gt=0, le=120, description="Frames per second sampled (default: frame_sample_fps)."
+        None, ge=0.01, le=120, description="Frames per second sampled (default: frame_sample_fps)."
     )
     width: int | None = Field(None, ge=16, le=7680, description="Frame width after ingest (default: frame_width).")
     height: int | None = Field(None, ge=16, le=4320, description="Frame height after ingest (default: frame_height).")
@@ -163,6 +165,17 @@ class StreamPolicy(_Section):
     allowed_hosts: tuple[str, ...] = Field(
         (), description="Hosts POST /streams may reach; empty refuses every runtime-added stream."
     )
+    max_streams: int = Field(
+        256, ge=1, le=100_000, description="Streams the gateway runs at most; POST /streams beyond it is refused (403)."
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", h)]
+        if bad:
+            raise ValueError(f"hosts are names or IP addresses (letters, digits, '.', '-', '_', ':'), got {bad}")
+        return v
 
 
 class IngestSettings(_Section):
@@ -210,19 +223,31 @@ class Settings(BaseSettings):
         le=4320,
         description="Height frames are resized to after ingest (streams) and uploads to a detector are letterboxed to.",
     )
-    frame_sample_fps: float = Field(2.0, gt=0, le=120, description="Frames per second sampled from each stream.")
+    frame_sample_fps: float = Field(2.0, ge=0.01, le=120, description="Frames per second sampled from each stream.")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
     rtsp_url: str | None = Field(None, description="The default stream (id 'default'), served by GET /stream.")
     streams: tuple[StreamConfig, ...] = Field((), description="Streams started with the gateway.")
-    stream_policy: StreamPolicy = Field(default_factory=StreamPolicy)
-    ingest: IngestSettings = Field(default_factory=IngestSettings)
-    triton: TritonSettings = Field(default_factory=TritonSettings)
-    detector: DetectorSettings = Field(default_factory=DetectorSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    capture: CaptureSettings = Field(default_factory=CaptureSettings)
-    upload: UploadSettings = Field(default_factory=UploadSettings)
-    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
-    server: ServerSettings = Field(default_factory=ServerSettings)
+    stream_policy: StreamPolicy = Field(
+        default_factory=StreamPolicy, description="What POST /streams may add at runtime."
+    )
+    ingest: IngestSettings = Field(
+        default_factory=IngestSettings, description="Reading sources: timeouts, reconnects, SSE delivery."
+    )
+    triton: TritonSettings = Field(default_factory=TritonSettings, description="The Triton server and its deadlines.")
+    detector: DetectorSettings = Field(
+        default_factory=DetectorSettings, description="How detector answers become person / no_person and boxes."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="CloudWatch EMF lines (GET /metrics is always on)."
+    )
+    capture: CaptureSettings = Field(
+        default_factory=CaptureSettings, description="Keep stream frames for retraining, locally or in S3."
+    )
+    upload: UploadSettings = Field(default_factory=UploadSettings, description="Limits on POST /predict uploads.")
+    preprocess: PreprocessSettings = Field(
+        default_factory=PreprocessSettings, description="Classifier preprocessing and its worker threads."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings, description="Where the gateway listens.")
 
     @model_validator(mode="after")
     def _unique_stream_ids(self) -> Settings:

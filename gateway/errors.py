@@ -77,6 +77,13 @@ class StreamConflict(GatewayError):
     code = "stream_exists"
 
 
+class StreamLimit(GatewayError):
+    """The gateway already runs ``stream_policy.max_streams`` streams."""
+
+    status = 403
+    code = "stream_limit"
+
+
 class StreamRefused(BadRequest):
     """A runtime-added stream outside the URL policy: never opened."""
 

@@ -1,9 +1,9 @@
-"""Fan-out: one stream's events to many subscribers, each with its own bounded queue.
+"""Fan-out owns one stream's subscribers: each gets its own bounded queue of typed events.
 
 Publishing never blocks and never waits for a subscriber.  A full queue loses its
-oldest event (counted per subscriber); the SSE response disconnects a subscriber
-that stops reading after its send timeout.  Inference work does not depend on the
-number of subscribers.
+oldest event (counted per stream, exported as a metric); the SSE response
+disconnects a subscriber that stops reading after its send timeout.  Inference
+work does not depend on the number of subscribers.
 """
 
 from __future__ import annotations
@@ -11,29 +11,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+
+from gateway.schema import StatusEvent, StreamEvent
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str  # "prediction" | "status"
-    data: dict[str, Any]
-    id: int
+class Envelope:
+    id: int  # the SSE id: increasing per stream
+    event: StreamEvent
 
 
 @dataclass(eq=False)
 class Subscription:
-    queue: asyncio.Queue[Event | None]  # None: the stream is gone, end the response
-    dropped: int = 0
+    queue: asyncio.Queue[Envelope | None]  # None: the stream is gone, end the response
 
-    async def get(self) -> Event | None:
+    async def get(self) -> Envelope | None:
         return await self.queue.get()
 
-    def put(self, item: Event | None) -> None:
-        if self.queue.full():
+    def put(self, item: Envelope | None) -> bool:
+        """Queue ``item``; False when the oldest queued event had to make room."""
+        lost = self.queue.full()
+        if lost:
             self.queue.get_nowait()  # a slow subscriber loses its oldest event, never the stream
-            self.dropped += 1
         self.queue.put_nowait(item)
+        return not lost
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Broadcaster:
     queue_size: int = 16
     _subscribers: set[Subscription] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    last_status: Event | None = None
+    last_status: Envelope | None = None
+    dropped: int = 0  # events lost by slow subscribers, over the stream's life
     closed: bool = False
 
     @property
@@ -62,18 +64,20 @@ class Broadcaster:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
-    def publish(self, type_: str, data: dict[str, Any]) -> Event | None:
+    def publish(self, event: StreamEvent) -> Envelope | None:
         if self.closed:
             return None
-        event = Event(type_, data, next(self._ids))
-        if type_ == "status":
-            self.last_status = event
+        envelope = Envelope(next(self._ids), event)
+        if isinstance(event, StatusEvent):
+            self.last_status = envelope
         for sub in self._subscribers:
-            sub.put(event)
-        return event
+            if not sub.put(envelope):
+                self.dropped += 1
+        return envelope
 
     def close(self) -> None:
         """The stream is gone: every subscriber gets what is queued, then its response ends."""
         self.closed = True
         for sub in self._subscribers:
-            sub.put(None)
+            if not sub.put(None):
+                self.dropped += 1

@@ -7,34 +7,41 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
-from gateway.api import errors
+from gateway.api import errors, openapi
 from gateway.api.routes import health, predict
 from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
 from gateway.api.timing import PredictTimer
-from gateway.capture import Capturer
+from gateway.capture import Capturer, CaptureStats
 from gateway.config import Settings, load_settings
-from gateway.inference import TritonClient
+from gateway.inference.catalog import ModelCatalog
+from gateway.inference.client import TritonClient
+from gateway.inference.predictor import Predictor
 from gateway.metrics import Metrics
-from gateway.predictor import Predictor
-from gateway.streams import StreamManager
+from gateway.schema import StreamInfo
+from gateway.streams.manager import StreamManager
 
 log = logging.getLogger("gateway")
 
 
-def _stream_rows(app: FastAPI) -> list[dict[str, Any]]:
+def _stream_rows(app: FastAPI) -> list[StreamInfo]:
     streams: StreamManager | None = getattr(app.state, "streams", None)
     return [w.describe() for w in streams.list()] if streams is not None else []
 
 
-def _capture_stats(app: FastAPI) -> dict[str, int] | None:
+def _capture_stats(app: FastAPI) -> CaptureStats | None:
     capturer: Capturer | None = getattr(app.state, "capturer", None)
-    return capturer.stats.snapshot() if capturer is not None and capturer.enabled else None
+    return capturer.stats if capturer is not None and capturer.enabled else None
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The route function's name (predict, add_stream, ...): what a generated client calls."""
+    return route.name
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -63,13 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         executor = ThreadPoolExecutor(settings.preprocess.workers, thread_name_prefix="preprocess")
         client = TritonClient(settings.triton)
         await client.start()
-        predictor = Predictor(settings, client, executor)
+        catalog = ModelCatalog(settings, client)
+        predictor = Predictor(settings, client, catalog, executor)
         capturer = Capturer(settings.capture)
         streams = StreamManager(settings, predictor, metrics, capturer)
-        app.state.triton, app.state.predictor, app.state.streams = client, predictor, streams
-        app.state.capturer = capturer
+        app.state.triton, app.state.catalog, app.state.predictor = client, catalog, predictor
+        app.state.streams, app.state.capturer = streams, capturer
         try:
-            await predictor.start(settings.triton.startup_timeout_s)
+            await catalog.warm(settings.model, settings.triton.startup_timeout_s)
             capturer.start()
             await streams.start()
             yield
@@ -84,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Video and image inference through NVIDIA Triton.",
         lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
@@ -99,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     errors.install(app, retry_after_s=settings.triton.retry_after_s)
+    openapi.install(app, settings)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(stream_routes.router)

@@ -24,7 +24,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.capture import CaptureStats
 from gateway.config import MetricsSettings
+from gateway.ingest.reader import StreamState
+from gateway.schema import StreamInfo
 
 PREFIX = "streamml"
 # Fine between 5 and 100 ms, where a CPU or GPU classifier lives and a p95 has to be
@@ -53,49 +56,57 @@ AGE_BUCKETS = (0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
 
 
 class _StreamCollector(Collector):
-    """Ingest's own counters, read from the workers when Prometheus scrapes."""
+    """Ingest's and the streams' own counters, read from ``StreamInfo`` when Prometheus scrapes."""
 
-    def __init__(self, streams: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+    COUNTERS: ClassVar[dict[str, str]] = {  # StreamInfo field -> help
+        "frames_read": "Frames decoded from the source.",
+        "frames_sampled": "Frames sampled for inference.",
+        "frames_skipped": "Frames read but not sampled (above sample_fps).",
+        "frames_dropped": "Sampled frames replaced by a newer one before inference.",
+        "reconnects": "Source reconnects.",
+        "stalls": "Times the source stopped delivering frames without closing (watchdog or read timeout).",
+        "decode_errors": "Frames the decoder failed to deliver.",
+        "inferences": "Stream inferences started.",
+        "predictions": "Prediction events published.",
+        "events_dropped": "Events slow SSE subscribers lost because their queue was full (oldest first).",
+    }
+
+    def __init__(self, streams: Callable[[], Iterable[StreamInfo]]) -> None:
         self._streams = streams
 
     def collect(self) -> Iterator[Metric]:
         labels = ["stream", "model"]
         counters = {
-            "frames_read": CounterMetricFamily(
-                f"{PREFIX}_frames_read", "Frames decoded from the source.", labels=labels
-            ),
-            "frames_sampled": CounterMetricFamily(
-                f"{PREFIX}_frames_sampled", "Frames sampled for inference.", labels=labels
-            ),
-            "frames_skipped": CounterMetricFamily(
-                f"{PREFIX}_frames_skipped", "Frames read but not sampled (above sample_fps).", labels=labels
-            ),
-            "frames_dropped": CounterMetricFamily(
-                f"{PREFIX}_frames_dropped", "Sampled frames replaced by a newer one before inference.", labels=labels
-            ),
-            "reconnects": CounterMetricFamily(f"{PREFIX}_reconnects", "Source reconnects.", labels=labels),
-            "decode_errors": CounterMetricFamily(
-                f"{PREFIX}_decode_errors", "Frames the decoder failed to deliver.", labels=labels
-            ),
+            name: CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels) for name, doc in self.COUNTERS.items()
         }
+        transitions = CounterMetricFamily(
+            f"{PREFIX}_stream_transitions", "Source state changes, by the state entered.", labels=[*labels, "state"]
+        )
         fps = GaugeMetricFamily(f"{PREFIX}_stream_fps", "Achieved sampled frames per second.", labels=labels)
         subs = GaugeMetricFamily(f"{PREFIX}_sse_subscribers", "Connected SSE subscribers.", labels=labels)
         running = GaugeMetricFamily(f"{PREFIX}_stream_up", "1 while the stream's source is running.", labels=labels)
+        state = GaugeMetricFamily(
+            f"{PREFIX}_stream_state", "1 for the state the stream's source is in.", labels=[*labels, "state"]
+        )
         for s in self._streams():
-            values = [str(s["id"]), str(s["model"])]
-            for key, family in counters.items():
-                family.add_metric(values, float(s.get(key, 0)))
-            fps.add_metric(values, float(s["measured_fps"]))
-            subs.add_metric(values, float(s["subscribers"]))
-            running.add_metric(values, 1.0 if s["state"] == "running" else 0.0)
+            values = [s.id, s.model]
+            for name, family in counters.items():
+                family.add_metric(values, float(getattr(s, name)))
+            for entered, count in s.transitions.items():
+                transitions.add_metric([*values, entered.value], float(count))
+            fps.add_metric(values, s.measured_fps)
+            subs.add_metric(values, float(s.subscribers))
+            running.add_metric(values, 1.0 if s.state is StreamState.RUNNING else 0.0)
+            state.add_metric([*values, s.state.value], 1.0)
         yield from counters.values()
-        yield from (fps, subs, running)
+        yield from (transitions, fps, subs, running, state)
 
 
 class _CaptureCollector(Collector):
     """Capture and S3 spool counters, read at scrape time."""
 
-    FIELDS: ClassVar[dict[str, str]] = {
+    FIELDS: ClassVar[dict[str, str]] = {  # CaptureStats field -> help
+        "offered": "Stream predictions checked against the capture policy.",
         "captured": "Captures written to disk.",
         "dropped_queue_full": "Captures dropped because the writer queue was full.",
         "write_errors": "Captures that failed to write.",
@@ -104,15 +115,15 @@ class _CaptureCollector(Collector):
         "spool_dropped": "Oldest captures deleted by the spool cap.",
     }
 
-    def __init__(self, stats: Callable[[], Mapping[str, int] | None]) -> None:
+    def __init__(self, stats: Callable[[], CaptureStats | None]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        values = self._stats()
-        if values is None:
+        stats = self._stats()
+        if stats is None:
             return
         for name, doc in self.FIELDS.items():
-            yield CounterMetricFamily(f"{PREFIX}_capture_{name}", doc, value=float(values.get(name, 0)))
+            yield CounterMetricFamily(f"{PREFIX}_capture_{name}", doc, value=float(getattr(stats, name)))
 
 
 class Metrics:
@@ -120,8 +131,8 @@ class Metrics:
 
     def __init__(
         self,
-        streams: Callable[[], Iterable[Mapping[str, Any]]] = list,
-        capture: Callable[[], Mapping[str, int] | None] = lambda: None,
+        streams: Callable[[], Iterable[StreamInfo]] = list,
+        capture: Callable[[], CaptureStats | None] = lambda: None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

@@ -1,24 +1,30 @@
-"""Pure image functions: sniff, decode, torchvision's classification preset, and the
-detector's letterbox.
+"""Preprocessing, as pure functions: sniff, decode, torchvision's classification preset,
+the detector's letterbox, and ``prepare_image`` / ``prepare_frame``, which turn an
+upload or a stream frame into the batch a model's metadata asks for.
 
 ``classifier_input`` reproduces ``MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()``
 on a PIL image: resize the shorter side to 256 with PIL's bilinear filter (what
 torchvision's ``F.resize`` calls for PIL input), center-crop to the model's input
 size with torchvision's rounding, and hand back uint8 CHW.  The float steps
 (x/255, minus mean, over std) run inside the exported graph, or in ``normalize``
-for models that take float32.  No torch here.
+for models that take float32.  ``Geometry`` records how the tensor maps back to
+the client's image or the camera's frame, for boxes.  No torch here.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from gateway.config import PreprocessSettings
 from gateway.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
+from gateway.inference.model import ModelInfo
+from gateway.schema import MAX_SIDE
 
 _PIL_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 _OTHER_IMAGES = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00", b"8BPS")
@@ -57,6 +63,8 @@ def decode_image(data: bytes, *, allowed: tuple[str, ...], max_pixels: int) -> I
             width, height = opened.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            if max(width, height) > MAX_SIDE:
+                raise PayloadTooLarge(f"the image is {width}x{height} pixels; sides are limited to {MAX_SIDE}")
             opened.load()  # truncated or corrupt data fails here
             ImageOps.exif_transpose(opened, in_place=True)  # as the camera held it; no copy without EXIF
             return opened if opened.mode == "RGB" else opened.convert("RGB")
@@ -115,3 +123,49 @@ def letterbox(rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, flo
     out = np.zeros((3, height, width), dtype=np.uint8)
     out[:, :nh, :nw] = rgb.transpose(2, 0, 1)
     return out, nw / w, nh / h
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the tensor sent maps back to the client's image or camera frame: x_client = x / sx."""
+
+    sx: float
+    sy: float
+    width: int  # the client's image, or the camera's frame as decoded
+    height: int
+
+
+def prepare_image(
+    image: Image.Image, info: ModelInfo, pre: PreprocessSettings, frame_size: tuple[int, int]
+) -> tuple[np.ndarray, Geometry]:
+    """An uploaded image → the ``[1, C, H, W]`` batch the model takes, and its geometry.
+
+    A detector gets the image letterboxed into its fixed input size, or else into
+    ``frame_size`` (one shape for every request, so requests batch together)."""
+    if info.task == "detection":
+        width, height = info.fixed_size or frame_size
+        chw, sx, sy = letterbox(np.asarray(image), width, height)
+        return chw[np.newaxis], Geometry(sx, sy, image.width, image.height)
+    chw = classifier_input(image, resize_size=pre.resize_size, crop_hw=info.crop_hw)
+    x = chw if info.input_datatype == "UINT8" else normalize(chw, pre.mean, pre.std).astype(info.input_dtype)
+    return x[np.newaxis], Geometry(1.0, 1.0, image.width, image.height)
+
+
+def prepare_frame(
+    bgr: np.ndarray, source_size: tuple[int, int], info: ModelInfo, pre: PreprocessSettings
+) -> tuple[np.ndarray, Geometry]:
+    """A decoded stream frame (H x W x 3 BGR, resized by ingest from ``source_size``,
+    (0, 0) if unknown) → the batch, and the geometry back to the camera's own size."""
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    fh, fw = rgb.shape[:2]
+    sw, sh = source_size if min(source_size) > 0 else (fw, fh)
+    if info.task != "detection":
+        x, _ = prepare_image(Image.fromarray(rgb), info, pre, (fw, fh))
+        return x, Geometry(fw / sw, fh / sh, sw, sh)
+    fixed = info.fixed_size
+    if fixed is not None and fixed != (fw, fh):  # a fixed-size model: fit the frame into it
+        chw, sx, sy = letterbox(rgb, *fixed)
+    else:  # any size: the frame as ingest sized it (one size per stream, so streams batch together)
+        chw, sx, sy = np.ascontiguousarray(rgb.transpose(2, 0, 1)), 1.0, 1.0
+    # ingest resized source → frame per axis; the letterbox scaled frame → tensor
+    return chw[np.newaxis], Geometry(sx * fw / sw, sy * fh / sh, sw, sh)

@@ -10,9 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.config import Settings
-from gateway.inference import TritonClient
-from gateway.predictor import Predictor
-from gateway.streams import StreamManager
+from gateway.inference.catalog import ModelCatalog
+from gateway.inference.client import TritonClient
+from gateway.inference.predictor import Predictor
+from gateway.streams.manager import StreamManager
 
 
 async def get_settings(request: Request) -> Settings:
@@ -25,14 +26,14 @@ async def get_client(request: Request) -> TritonClient:
     return client
 
 
+async def get_catalog(request: Request) -> ModelCatalog:
+    catalog: ModelCatalog = request.app.state.catalog
+    return catalog
+
+
 async def get_predictor(request: Request) -> Predictor:
     predictor: Predictor = request.app.state.predictor
     return predictor
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ClientDep = Annotated[TritonClient, Depends(get_client)]
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
 async def get_streams(request: Request) -> StreamManager:
@@ -40,4 +41,8 @@ async def get_streams(request: Request) -> StreamManager:
     return streams
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[TritonClient, Depends(get_client)]
+CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 StreamsDep = Annotated[StreamManager, Depends(get_streams)]

@@ -1,21 +1,66 @@
-"""The one place where errors become HTTP answers: ``{"error": {"code", "message"}}``."""
+"""The one place where errors become HTTP answers: ``ErrorBody``, ``{"error": {"code", "message"}}``.
+
+``responses(...)`` documents the same answers in the OpenAPI document, so every
+status a route can give is declared with its schema.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway.errors import GatewayError, InferenceUnavailable
+from gateway.schema import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
 
+_WHEN = {
+    400: "Bad input: the message says what was wrong.",
+    403: "Refused by policy.",
+    404: "Not found: the message names what.",
+    409: "Conflicts with an existing resource.",
+    413: "Too large: upload.max_bytes, upload.max_pixels, or a side over 65535 pixels.",
+    415: "Not multipart/form-data or a raw JPEG/PNG/WebP body, or an image format that is not accepted.",
+    422: "A parameter or JSON field is missing or out of its documented range.",
+    502: "Triton answered with an error that retrying will not fix.",
+    503: "Triton is down, frozen or timing out: retry after the Retry-After header.",
+}
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, each with the error body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _WHEN[status]}
+        if status == 503:
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+        out[status] = entry
+    return out
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message[:65_536]))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path``: Starlette's own 405 names only the
+    methods of the first route whose path matched (``GET`` for ``/streams``, not ``POST``)."""
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method, "headers": []}
+        if any(route.matches(scope)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def install(app: FastAPI, *, retry_after_s: int) -> None:
@@ -24,18 +69,21 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
         headers = {"Retry-After": str(retry_after_s)} if isinstance(exc, InferenceUnavailable) else None
         if exc.status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=headers)
+        return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(error_body("invalid_request", details), status_code=422)
+        return error_response(422, "invalid_request", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body("http_error", str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the gateway log"), status_code=500)
+        return error_response(500, "internal_error", "internal error; see the gateway log")

@@ -6,7 +6,9 @@ oversized upload costs at most ``max_bytes`` of memory and is answered 413 at on
 (immediately, when ``Content-Length`` already says it is too large).
 
 Accepted bodies: ``multipart/form-data`` with an ``image`` file field (and small
-text fields such as ``top_k``), or a raw ``image/*`` body.
+text fields such as ``top_k``), or a raw ``image/*`` or ``application/octet-stream``
+body (what many HTTP clients and generated API clients send for bytes).  The
+declared type is never trusted: the decoder sniffs the bytes.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.parsing import ascii_digits
 
 IMAGE_FIELD = "image"
+OCTET_STREAM = "application/octet-stream"
 MAX_FIELD_BYTES = 1024
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and small fields around the image
 
@@ -91,13 +95,13 @@ async def read_image_upload(request: Request, *, max_bytes: int) -> Upload:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     media = ctype.decode("latin-1").lower()
     multipart = media == "multipart/form-data"
-    if not multipart and not media.startswith("image/"):
+    if not multipart and not media.startswith("image/") and media != OCTET_STREAM:
         raise UnsupportedMediaType(
-            f"send multipart/form-data with an {IMAGE_FIELD!r} file field, or a raw image body "
+            f"send multipart/form-data with an {IMAGE_FIELD!r} file field, or the raw image as the body "
             f"(got {media or 'no content type'!r})"
         )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + (MULTIPART_SLACK if multipart else 0):
+    if ascii_digits(declared) and int(declared) > max_bytes + (MULTIPART_SLACK if multipart else 0):
         raise _too_large(max_bytes)
     if not multipart:
         return await _read_raw(request, max_bytes)

@@ -9,9 +9,14 @@ decoder open local files or other schemes.
 from __future__ import annotations
 
 import enum
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from gateway.parsing import ascii_digits
 
 
 class SourceKind(enum.Enum):
@@ -46,18 +51,34 @@ class SourceSpec:
     def display(self) -> str:
         return redact(self.location)
 
+    @property
+    def reopenable(self) -> bool:
+        """Whether a second handle may be opened while a first one still reads.  Not for a
+        pipe (FIFO): two readers would split the writer's bytes between them."""
+        if self.kind is not SourceKind.FILE:
+            return True
+        try:
+            return not stat.S_ISFIFO(os.stat(self.location).st_mode)
+        except OSError:
+            return True
+
 
 def parse_source(text: str, *, loop: bool = False) -> SourceSpec:
     text = text.strip()
-    if text.isdigit():
+    if ascii_digits(text):
         return SourceSpec(SourceKind.WEBCAM, str(int(text)))
-    scheme = urlsplit(text).scheme.lower()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number from 0 to 65535
+    except ValueError as e:
+        raise SourceError(f"{redact(text)}: not a valid URL or path ({e})") from e
+    scheme = parts.scheme.lower()
     if scheme in ("rtsp", "rtsps"):
-        if not urlsplit(text).hostname:
+        if not parts.hostname:
             raise SourceError(f"{redact(text)}: an RTSP URL needs a host")
         return SourceSpec(SourceKind.RTSP, text)
     if scheme == "file":
-        text = urlsplit(text).path
+        text = parts.path
     elif scheme:
         raise SourceError(
             f"unsupported source scheme {scheme!r} (use rtsp://, rtsps://, a file path or a webcam index)"
@@ -66,15 +87,17 @@ def parse_source(text: str, *, loop: bool = False) -> SourceSpec:
 
 
 def redact(url: str) -> str:
-    """``rtsp://user:secret@host/path`` → ``rtsp://user:***@host/path``."""
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
+    """``rtsp://user:secret@host/path`` → ``rtsp://user:***@host/path``.  Never raises:
+    a string that does not even parse as a URL loses everything before its last ``@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^/]*@", "//***@", url)
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
 
 
 def ffmpeg_options(spec: SourceSpec, *, transport: str = "tcp") -> str:

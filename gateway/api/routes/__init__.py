@@ -1,0 +1,1 @@
+"""The routes, one module per resource: predict, streams (SSE included), health, metrics."""

@@ -4,49 +4,58 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api.deps import ClientDep, PredictorDep, SettingsDep
+from gateway.api.deps import CatalogDep, ClientDep, SettingsDep
 from gateway.errors import GatewayError
+from gateway.inference.catalog import ModelCatalog
+from gateway.schema import Components, Liveness, ModelReadiness, Readiness, TritonReadiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the process is up. Never calls Triton.")
-async def health(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "uptime_s": round(time.monotonic() - request.app.state.started_at, 3)}
+@router.get("/health", response_model=Liveness, summary="Liveness: the process is up. Never calls Triton.")
+async def health(request: Request) -> Liveness:
+    return Liveness(uptime_s=round(time.monotonic() - request.app.state.started_at, 3))
 
 
 @router.get(
     "/health/ready",
+    response_model=Readiness,
     summary="Readiness: 200 when Triton and every configured model are ready, 503 otherwise.",
-    responses={503: {"description": "Triton or a model is not ready; the body says which."}},
+    responses={503: {"model": Readiness, "description": "Triton or a model is not ready; the body says which."}},
 )
-async def ready(settings: SettingsDep, client: ClientDep, predictor: PredictorDep) -> JSONResponse:
+async def ready(settings: SettingsDep, client: ClientDep, catalog: CatalogDep) -> JSONResponse:
     names = list(dict.fromkeys([settings.model, *(s.model for s in settings.all_streams() if s.model)]))
     server_ok, *models_ok = await asyncio.gather(client.server_ready(), *(client.model_ready(n) for n in names))
-    models: dict[str, dict[str, Any]] = {}
-    for name, ok in zip(names, models_ok, strict=True):
-        entry: dict[str, Any] = {"ready": bool(ok)}
-        if ok:
-            try:
-                info = await predictor.refresh(name)
-                entry.update(
-                    version=info.version,
-                    input=f"{info.input_datatype}{list(info.input_shape)}",
-                    instances=list(info.instance_kinds),
-                )
-                if settings.device.upper() not in info.instance_kinds:
-                    entry["warning"] = f"device is {settings.device} but the model runs on {list(info.instance_kinds)}"
-            except GatewayError as e:
-                entry.update(ready=False, error=e.message)
-        models[name] = entry
-    is_ready = bool(server_ok) and all(m["ready"] for m in models.values())
-    body = {
-        "ready": is_ready,
-        "components": {"triton": {"ready": bool(server_ok), "url": settings.triton.url}, "models": models},
-    }
-    return JSONResponse(body, status_code=200 if is_ready else 503)
+    entries = await asyncio.gather(
+        *(_model(n, ok, settings.device, catalog) for n, ok in zip(names, models_ok, strict=True))
+    )
+    models = dict(zip(names, entries, strict=True))
+    is_ready = bool(server_ok) and all(m.ready for m in models.values())
+    body = Readiness(
+        ready=is_ready,
+        components=Components(triton=TritonReadiness(ready=bool(server_ok), url=settings.triton.url), models=models),
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if is_ready else 503)
+
+
+async def _model(name: str, ok: bool, device: str, catalog: ModelCatalog) -> ModelReadiness:
+    if not ok:
+        return ModelReadiness(ready=False)
+    try:
+        info = await catalog.refresh(name)
+    except GatewayError as e:
+        return ModelReadiness(ready=False, error=e.message)
+    warning = None
+    if device.upper() not in info.instance_kinds:
+        warning = f"device is {device} but the model runs on {list(info.instance_kinds)}"
+    return ModelReadiness(
+        ready=True,
+        version=info.version,
+        input=f"{info.input_datatype}{list(info.input_shape)}",
+        instances=list(info.instance_kinds),
+        warning=warning,
+    )

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -22,6 +21,8 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.config import TritonSettings
 from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelNotFound
+from gateway.inference.model import DATATYPES, Detections, ModelInfo
+from gateway.schema import ClassScore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,48 +31,6 @@ PROBABILITIES = "probabilities"
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 LABELS_PARAMETER = "class_labels"  # written into the detector's config by `python -m export`
 RETIRED_VERSION = "is not at ready state"  # Triton's words for a version being unloaded
-_NUMPY: dict[str, type[np.generic]] = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
-
-
-@dataclass(frozen=True)
-class Classification:
-    index: int
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Detections:
-    """One image's detections in the coordinates of the tensor sent, best first."""
-
-    boxes: np.ndarray  # [n, 4] float32, x1 y1 x2 y2
-    scores: np.ndarray  # [n] float32
-    labels: np.ndarray  # [n] int64, index into ModelInfo.class_names
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the gateway needs to feed a model, read from Triton's metadata and config."""
-
-    name: str
-    version: str
-    task: Literal["classification", "detection"]
-    input_name: str
-    input_datatype: str  # Triton name: UINT8, FP32
-    input_shape: tuple[int, int, int]  # C, H, W, without the batch axis; -1: any (detectors)
-    output_name: str  # the classifier's probabilities ("" for detectors)
-    num_classes: int
-    max_batch_size: int
-    instance_kinds: tuple[str, ...]
-    class_names: tuple[str, ...] = ()  # detectors: label index -> name
-
-    @property
-    def input_dtype(self) -> type[np.generic]:
-        return _NUMPY[self.input_datatype]
-
-    @property
-    def crop_hw(self) -> tuple[int, int]:
-        return self.input_shape[1], self.input_shape[2]
 
 
 class TritonClient:
@@ -206,7 +165,7 @@ class TritonClient:
         if (
             len(shape) != 3
             or shape[0] != 3
-            or inp.datatype not in _NUMPY
+            or inp.datatype not in DATATYPES
             or (min(shape[1:]) <= 0 and not (detector and shape[1] == shape[2] == -1))
         ):
             raise InferenceFailed(
@@ -244,7 +203,7 @@ class TritonClient:
             **common,
         )
 
-    async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[Classification]], str]:
+    async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[ClassScore]], str]:
         """Top-k per image, computed on the server by Triton's classification extension
         (labels included: Triton reads the label file when it loads a version), and the
         version that answered."""
@@ -288,10 +247,12 @@ def _newest(versions: Any) -> str:
     return max(listed, key=lambda v: (len(v), v)) if listed else ""
 
 
-def _parse_class(entry: Any) -> Classification:
+def _parse_class(entry: Any) -> ClassScore:
+    """Triton's classification extension answers ``value:index[:label]`` per class."""
     text = entry.decode() if isinstance(entry, bytes) else str(entry)
     value, index, *label = text.split(":", 2)
-    return Classification(index=int(index), label=label[0] if label else index, probability=float(value))
+    probability = min(1.0, max(0.0, float(value)))  # printed with rounding; the contract says [0, 1]
+    return ClassScore(index=int(index), label=label[0] if label else index, probability=probability)
 
 
 def _translate(e: InferenceServerException, what: str) -> Exception:

@@ -1,0 +1,2 @@
+"""Inference: the Triton client (the only tritonclient user), the model catalog, pure
+post-processing and the predictor that runs one prediction through them."""

@@ -1,0 +1,213 @@
+"""A stream worker owns one camera: its reader thread (ingest), **one inference loop**, and
+the broadcaster that fans its events out to every subscriber.
+
+The loop takes the newest frame, has the predictor preprocess it off the event
+loop and ask Triton, and publishes a typed ``prediction`` event; state changes of
+the source and of Triton's availability are ``status`` events.  Inference calls do
+not grow with the number of subscribers; streams run concurrently, so their
+requests meet in Triton's dynamic batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.capture import Capturer
+from gateway.config import Settings, StreamConfig
+from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable
+from gateway.fanout import Broadcaster
+from gateway.inference.predictor import Predictor
+from gateway.ingest import Frame, ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
+from gateway.metrics import EmfWindow, Metrics, emf_logger
+from gateway.schema import Latency, StatusEvent, StreamInfo, prediction_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerCounters:
+    inferences: int = 0
+    predictions: int = 0
+    errors: int = 0
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        config: StreamConfig,
+        settings: Settings,
+        predictor: Predictor,
+        metrics: Metrics,
+        capturer: Capturer | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self.model = config.model or settings.model
+        self.source = parse_source(config.url, loop=config.loop)
+        ing = settings.ingest
+        self.reader_config = ReaderConfig(
+            sample_fps=config.sample_fps or settings.frame_sample_fps,
+            width=config.width or settings.frame_width,
+            height=config.height or settings.frame_height,
+            open_timeout_s=ing.open_timeout_s,
+            read_timeout_s=ing.read_timeout_s,
+            backoff_initial_s=ing.backoff_initial_s,
+            backoff_max_s=ing.backoff_max_s,
+            max_retries=ing.max_retries,
+        )
+        self.broadcaster = Broadcaster(queue_size=ing.subscriber_queue)
+        self.counters = WorkerCounters()
+        self._predictor = predictor
+        self._metrics = metrics
+        self._capturer = capturer
+        self._emf = EmfWindow(self.id, self.model, settings.metrics) if settings.metrics.emf else None
+        self._emf_log = emf_logger()
+        self._wake = asyncio.Event()
+        self._triton_ok = True
+        self._reader: StreamReader | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def reader(self) -> StreamReader:
+        assert self._reader is not None, "worker not started"
+        return self._reader
+
+    @property
+    def triton(self) -> Literal["available", "unavailable"]:
+        return "available" if self._triton_ok else "unavailable"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reader = StreamReader(
+            self.id,
+            self.source,
+            self.reader_config,
+            on_state=lambda change: loop.call_soon_threadsafe(self._on_state, change),
+            on_frame=lambda: loop.call_soon_threadsafe(self._wake.set),
+        )
+        self._status(StreamState.CONNECTING, "")
+        self._reader.start()
+        self._task = asyncio.create_task(self._run(), name=f"infer-{self.id}")
+
+    async def stop(self) -> None:
+        """Stop the loop, then the reader; safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._reader is not None:
+            self._reader.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self._reader.join, 15.0)
+        if not self.broadcaster.closed:
+            self._status(StreamState.STOPPED, "stream removed")
+            self.broadcaster.close()
+
+    def _status(self, state: StreamState, reason: str) -> None:
+        self.broadcaster.publish(
+            StatusEvent(stream=self.id, state=state, reason=reason, at=time.time(), triton=self.triton)
+        )
+
+    def _on_state(self, change: StateChange) -> None:
+        self._status(change.new, change.reason)
+
+    async def _run(self) -> None:
+        last = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            frame = self.reader.latest(after=last, timeout=0)
+            if frame is None:
+                continue
+            last = frame.index
+            await self._infer(frame)
+
+    async def _infer(self, frame: Frame) -> None:
+        started = time.monotonic()
+        self.counters.inferences += 1
+        try:
+            out = await self._predictor.predict_frame(frame.image, source_size=frame.source_size, model=self.model)
+        except InferenceUnavailable as e:  # also InferenceTimeout
+            self._failed("timeout" if isinstance(e, InferenceTimeout) else "triton")
+            if self._triton_ok:
+                self._triton_ok = False
+                self._status(self.reader.state, e.message)
+            return
+        except GatewayError as e:
+            self._failed("triton")
+            log.warning("stream %s: inference failed: %s", self.id, e.message)
+            return
+        except Exception:  # the loop never dies silently: log, count, go on with the next frame
+            self._failed("internal")
+            log.exception("stream %s: unexpected inference error", self.id)
+            return
+        if not self._triton_ok:
+            self._triton_ok = True
+            self._status(self.reader.state, "inference resumed")
+        done = time.monotonic()
+        self.counters.predictions += 1
+        total_ms = (done - frame.captured_mono) * 1000
+        self._observe(out.preprocess_ms + out.inference_ms, total_ms)
+        event = prediction_event(
+            out.result,
+            stream=self.id,
+            frame=frame.index,
+            captured_at=frame.captured_at,
+            latency=Latency(
+                wait=round((started - frame.captured_mono) * 1000, 3),
+                preprocess=round(out.preprocess_ms, 3),
+                inference=round(out.inference_ms, 3),
+                total=round(total_ms, 3),
+            ),
+        )
+        self.broadcaster.publish(event)
+        if self._capturer is not None:
+            self._capturer.offer(event, frame.image)
+
+    def _failed(self, kind: str) -> None:
+        self.counters.errors += 1
+        self._metrics.inference_errors.labels(self.id, self.model, kind).inc()
+        if self._emf is not None:
+            self._emf.error()
+
+    def _observe(self, latency_ms: float, age_ms: float) -> None:
+        self._metrics.inference_seconds.labels(self.id, self.model).observe(latency_ms / 1000)
+        self._metrics.frame_age_seconds.labels(self.id, self.model).observe(age_ms / 1000)
+        if self._emf is not None:
+            stats = self.reader.stats
+            line = self._emf.add(latency_ms, age_ms, stats.fps, stats.frames_dropped)
+            if line is not None:
+                self._emf_log.info(line)
+
+    def describe(self) -> StreamInfo:
+        reader = self._reader
+        stats = reader.stats if reader is not None else None
+        age = stats.silence() if stats is not None else None
+        return StreamInfo(
+            id=self.id,
+            url=redact(self.config.url),
+            model=self.model,
+            state=reader.state if reader is not None else StreamState.STOPPED,
+            sample_fps=self.reader_config.sample_fps,
+            measured_fps=round(stats.fps, 3) if stats else 0.0,
+            last_frame_age_s=None if age is None else round(max(0.0, age), 3),
+            reconnects=stats.reconnects if stats else 0,
+            stalls=stats.stalls if stats else 0,
+            decode_errors=stats.decode_errors if stats else 0,
+            frames_read=stats.frames_read if stats else 0,
+            frames_sampled=stats.frames_sampled if stats else 0,
+            frames_skipped=stats.frames_skipped if stats else 0,
+            frames_dropped=stats.frames_dropped if stats else 0,
+            inferences=self.counters.inferences,
+            predictions=self.counters.predictions,
+            inference_errors=self.counters.errors,
+            subscribers=self.broadcaster.subscribers,
+            events_dropped=self.broadcaster.dropped,
+            transitions=reader.transitions() if reader is not None else {},
+            triton=self.triton,
+        )
