@@ -36,21 +36,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import servers
 from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
 from bench.results import Run
 from bench.servers import ServerTuning, add_tuning_args
 from bench.stream_density import SAMPLE_FPS
-from bench.stream_density import _predictions as predictions
-from tests.helpers import wait_until
-from tests.peers.rtsp import RtspServer
-from tests.peers.s3 import S3Server
+from harness.helpers import GatewayProcess, scrape, stream_predictions, total, wait_until
+from harness.peers.rtsp import RtspServer
+from harness.peers.s3 import S3Server
 
 ARMS = ("off", "local", "s3")
 BUCKET = "stream-ml-capture-bench"
@@ -144,17 +141,6 @@ def _pcts(values: list[float], *qs: int) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(values, q)), 1) if values else math.nan for q in qs}
 
 
-def scrape(url: str) -> dict[str, float]:
-    """``GET /metrics``, each sample name summed over its labels (every stream)."""
-    r = httpx.get(f"{url}/metrics", timeout=10)
-    r.raise_for_status()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            totals[s.name] = totals.get(s.name, 0.0) + s.value
-    return totals
-
-
 def _s3_client(url: str) -> Any:
     import boto3
 
@@ -199,24 +185,25 @@ def _running(url: str) -> int:
 
 
 def _window(
-    gw: servers.Gateway, args: argparse.Namespace, meter: CpuMeter
+    gw: GatewayProcess, args: argparse.Namespace, meter: CpuMeter
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float]]:
     """Every stream running, the warm-up, then the measured window: (events, metric deltas, CPU cores)."""
     wait_until(lambda: _running(gw.url) >= args.streams, 60, what=f"{args.streams} streams running")
     time.sleep(args.warmup)
-    port = urlsplit(gw.url).port
-    assert port is not None
     events: list[dict[str, Any]] = []
 
     async def subscribe() -> None:
-        await asyncio.gather(*(predictions(port, f"s{i}", args.duration, events.append) for i in range(args.streams)))
+        await asyncio.gather(
+            *(stream_predictions(gw.url, f"s{i}", args.duration, events.append) for i in range(args.streams))
+        )
 
-    before = scrape(gw.url)
+    before = scrape(gw)
     meter.start()
     asyncio.run(subscribe())
     cpu = meter.cores()
-    after = scrape(gw.url)
-    return events, {k: after[k] - before.get(k, 0.0) for k in after}, cpu
+    after = scrape(gw)
+    names = {name for name, _ in after}
+    return events, {n: total(after, n) - total(before, n) for n in names}, cpu
 
 
 def measure_arm(arm: str, args: argparse.Namespace, rig: Rig) -> Arm:

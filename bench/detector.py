@@ -14,7 +14,7 @@ what the gateway sends by default) on every path:
     client per thread, all four detector outputs), with Triton's statistics and the
     CPU cores each process group used.
 
-The model is a seeded synthetic checkpoint (``tests/synthetic.py``, pretrained weights
+The model is a seeded synthetic checkpoint (``harness/synthetic.py``, pretrained weights
 cannot be downloaded here), exported with the real CLI (``python -m export
 person_detector --formats onnx``), unless ``--repo`` / ``--weights`` say otherwise.
 Target: served >= 0.85 x in process.  Prints a table and writes
@@ -242,7 +242,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """(model repository, checkpoint): exported here with the real CLI unless given."""
     weights: Path = args.weights
     if weights is None:
-        from tests.synthetic import synthetic_detector_checkpoint
+        from harness.synthetic import synthetic_detector_checkpoint
 
         print("creating the seeded synthetic detector checkpoint ...", flush=True)
         weights = synthetic_detector_checkpoint(work / "detector.pth")

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +23,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from embedded_triton.repository import CpuOptions, default_instances
 from embedded_triton.server import EmbeddedTriton, TritonPorts
+from harness import helpers
+from harness.helpers import GatewayProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet_v3_small"
@@ -81,12 +78,6 @@ class ServerTuning:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def export_model(repo: Path, input_dtype: str = "uint8") -> Path:
     """``python -m export`` with random weights into ``repo``; returns the ONNX file."""
     cmd = [
@@ -136,67 +127,20 @@ def triton(
         yield server
 
 
-@dataclass
-class Gateway:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
 @contextlib.contextmanager
 def gateway(
     triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0, extra_env: dict[str, str] | None = None
-) -> Iterator[Gateway]:
-    """The real gateway: ``uvicorn gateway.main:create_app --factory`` (access log off)."""
-    port = free_port()
-    env = dict(
-        os.environ, APP_TRITON__URL=triton_grpc, APP_PREPROCESS__WORKERS=str(workers), APP_SERVER__LOG_LEVEL="warning"
-    )
+) -> Iterator[GatewayProcess]:
+    """The real gateway (``harness.helpers.GatewayProcess``, access log off), ready."""
+    env = {"APP_TRITON__URL": triton_grpc, "APP_PREPROCESS__WORKERS": str(workers), "APP_SERVER__LOG_LEVEL": "warning"}
     env.update(extra_env or {})
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "gateway.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
     work_dir.mkdir(parents=True, exist_ok=True)
-    with (work_dir / "gateway.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    gw = Gateway(url=f"http://127.0.0.1:{port}", proc=proc)
-    try:
-        _wait_http(f"{gw.url}/health/ready", proc, timeout, work_dir / "gateway.log")
+    with helpers.gateway(
+        env,
+        work_dir / "gateway.log",
+        log_level="warning",
+        access_log=False,
+        timeout=timeout,
+        ready_path="/health/ready",
+    ) as gw:
         yield gw
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited ({proc.returncode}):\n{log.read_text(errors='replace')[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"gateway not ready at {url} after {timeout:.0f}s")

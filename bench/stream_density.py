@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,8 @@ from bench import servers
 from bench.procstat import CpuMeter, group_pids, pid, stub_pids
 from embedded_triton.repository import default_instances
 from gateway.preprocess import classifier_input
-from tests.peers.rtsp import RtspServer
+from harness.helpers import GatewayProcess, stream_predictions, wait_until
+from harness.peers.rtsp import RtspServer
 
 AGE_BOUND_MS = 500.0
 SAMPLE_FPS = 2.0
@@ -75,27 +76,7 @@ def _level(
     )
 
 
-async def _predictions(port: int, sid: str, seconds: float, on_event: Callable[[dict[str, Any]], None]) -> None:
-    """One SSE subscriber for ``seconds``: ``on_event(data)`` with the receive time for each prediction."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /streams/{sid}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    end = time.monotonic() + seconds
-    kind = ""
-    try:
-        while (left := end - time.monotonic()) > 0:
-            try:
-                line = await asyncio.wait_for(reader.readline(), left)
-            except TimeoutError:
-                break
-            if line.startswith(b"event:"):
-                kind = line[6:].strip().decode()
-            elif line.startswith(b"data:") and kind == "prediction":
-                on_event({**json.loads(line[5:]), "_received": time.time()})
-    finally:
-        writer.close()
-
-
-def gateway_level(gw: servers.Gateway, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
+def gateway_level(gw: GatewayProcess, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
     import httpx
 
     have = {s["id"] for s in httpx.get(f"{gw.url}/streams").json()}
@@ -103,23 +84,22 @@ def gateway_level(gw: servers.Gateway, url: str, n: int, seconds: float, meter: 
         if f"s{i}" not in have:
             r = httpx.post(f"{gw.url}/streams", json={"id": f"s{i}", "url": url, "sample_fps": SAMPLE_FPS}, timeout=30)
             r.raise_for_status()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        states = [s["state"] for s in httpx.get(f"{gw.url}/streams").json()]
-        if states.count("running") >= n:
-            break
-        time.sleep(0.5)
+
+    def running() -> bool:
+        return [s["state"] for s in httpx.get(f"{gw.url}/streams").json()].count("running") >= n
+
+    with contextlib.suppress(AssertionError):  # a level that cannot start every stream is measured as it is
+        wait_until(running, 30, interval=0.5, what=f"{n} streams running")
     time.sleep(2.0)  # settle
     ages: list[float] = []
     counts: dict[str, int] = {}
-    port = int(gw.url.rsplit(":", 1)[1])
 
     def record(d: dict[str, Any]) -> None:
         ages.append((d["_received"] - d["captured_at"]) * 1000)
         counts[d["stream"]] = counts.get(d["stream"], 0) + 1
 
     async def run() -> None:
-        await asyncio.gather(*(_predictions(port, f"s{i}", seconds, record) for i in range(n)))
+        await asyncio.gather(*(stream_predictions(gw.url, f"s{i}", seconds, record) for i in range(n)))
 
     meter.start()
     asyncio.run(run())
@@ -179,7 +159,7 @@ def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter
     return _level("naive", n, ages, counts, seconds, cpu=meter.cores())
 
 
-async def _fanout_lag(port: int, sid: str, subscribers: int, seconds: float) -> list[float]:
+async def _fanout_lag(base_url: str, sid: str, subscribers: int, seconds: float) -> list[float]:
     """Delivery lag of each event to each of ``subscribers``: receive time - publish time."""
     lags: list[float] = []
 
@@ -187,7 +167,7 @@ async def _fanout_lag(port: int, sid: str, subscribers: int, seconds: float) -> 
         published = d["captured_at"] + d["latency_ms"]["total"] / 1000
         lags.append((d["_received"] - published) * 1000)
 
-    await asyncio.gather(*(_predictions(port, sid, seconds, record) for _ in range(subscribers)))
+    await asyncio.gather(*(stream_predictions(base_url, sid, seconds, record) for _ in range(subscribers)))
     return lags
 
 
@@ -227,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 env = {"APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]', "APP_INGEST__SUBSCRIBER_QUEUE": "64"}
                 with servers.gateway(tri.grpc_url, work / "gw", extra_env=env) as gw:
                     gateway_level(gw, camera.url, 1, 2.0, CpuMeter({}))  # s0 for the fan-out test
-                    port = int(gw.url.rsplit(":", 1)[1])
-                    lags = asyncio.run(_fanout_lag(port, "s0", args.subscribers, args.duration))
+                    lags = asyncio.run(_fanout_lag(gw.url, "s0", args.subscribers, args.duration))
                     report.fanout = {
                         "subscribers": args.subscribers,
                         "events": len(lags),

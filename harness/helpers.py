@@ -1,21 +1,29 @@
-"""Shared test helpers: free ports, test images, processes on loopback."""
+"""Helpers shared by the tests and the benchmarks: free ports, condition waits, test
+images, the gateway as a real process, an SSE reader, ``/metrics`` and ``/streams``
+readers.  The one place these live; nothing here imports from ``tests/``."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -26,6 +34,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- test images ---------------------------------------------------------------------------------
 
 
 def scene(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -50,6 +71,9 @@ def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
+# --- processes -----------------------------------------------------------------------------------
+
+
 def process_group_members(pgid: int) -> list[int]:
     """PIDs whose process group is ``pgid`` (zombies excluded)."""
     members = []
@@ -66,41 +90,30 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 class GatewayProcess:
-    """The real gateway under uvicorn, on an ephemeral loopback port."""
+    """The real gateway, ``uvicorn gateway.main:create_app --factory``, on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, log_level: str = "info", access_log: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._env = {**os.environ, **env}
+        self._args = ["--log-level", log_level, *([] if access_log else ["--no-access-log"])]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 90.0) -> None:
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self, timeout: float = 90.0, ready_path: str = "/health") -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        uvicorn = [PYTHON, "-m", "uvicorn", "gateway.main:create_app", "--factory", "--host", "127.0.0.1"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "uvicorn",
-                    "gateway.main:create_app",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "info",
-                ],
+                [*uvicorn, "--port", str(self.port), *self._args],
                 cwd=ROOT,
                 env=self._env,
                 stdout=log,
@@ -111,16 +124,17 @@ class GatewayProcess:
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}{ready_path}", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout, what="gateway /health")
+        wait_until(up, timeout, what=f"gateway {ready_path}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        """The whole log so far."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -135,10 +149,207 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway(env: dict[str, str], log_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(env, log_path)
+def gateway(env: dict[str, str], log_path: Path, **kw: Any) -> Iterator[GatewayProcess]:
+    """A started ``GatewayProcess`` (keyword arguments go to ``start``), stopped on the way out."""
+    gw = GatewayProcess(env, log_path, **{k: kw.pop(k) for k in ("log_level", "access_log") if k in kw})
     try:
-        gw.start()
+        gw.start(**kw)
         yield gw
     finally:
         gw.stop()
+
+
+# --- the gateway's API ---------------------------------------------------------------------------
+
+
+def stream_info(gw: GatewayProcess | str, sid: str) -> dict[str, Any]:
+    """One stream's row of ``GET /streams``."""
+    base = gw if isinstance(gw, str) else gw.url
+    found: list[dict[str, Any]] = [s for s in httpx.get(f"{base}/streams", timeout=10).json() if s["id"] == sid]
+    assert found, f"no stream {sid}"
+    return found[0]
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(gw: GatewayProcess | str) -> Samples:
+    """``GET /metrics``, parsed with prometheus-client's own parser: (name, labels) -> value."""
+    base = gw if isinstance(gw, str) else gw.url
+    r = httpx.get(f"{base}/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:200]
+    out: Samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str) -> float:
+    """A sample summed over all its label sets (every stream)."""
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+# --- SSE -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    type: str
+    id: str | None
+    data: dict[str, Any]
+    received: float  # wall clock
+
+
+@dataclass
+class SseResponse:
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    events: list[SseEvent] = field(default_factory=list)
+    ended: bool = False  # the server ended the response (not our deadline)
+
+
+async def read_sse(
+    url: str,
+    seconds: float,
+    *,
+    stop_after: int | None = None,
+    on_event: Callable[[SseEvent], None] | None = None,
+    headers: dict[str, str] | None = None,
+) -> SseResponse:
+    """Read ``url``'s Server-Sent Events for ``seconds`` (or until ``stop_after`` events, or the
+    end of the response).  A plain asyncio HTTP/1.1 client (chunked decoding, SSE framing):
+    cheap enough for hundreds of subscribers on the machine under test."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n{extra}\r\n".encode())
+    out = SseResponse()
+    end = time.monotonic() + seconds
+
+    async def line() -> bytes:
+        return await asyncio.wait_for(reader.readline(), max(0.001, end - time.monotonic()))
+
+    try:
+        status = await line()
+        out.status = int(status.split(b" ", 2)[1])
+        while (h := (await line()).rstrip(b"\r\n")) != b"":
+            name, _, val = h.decode("latin-1").partition(":")
+            out.headers[name.strip().lower()] = val.strip()
+        if out.status != 200:
+            return out
+        chunked = out.headers.get("transfer-encoding", "").lower() == "chunked"
+        parser = _SseParser()
+        while time.monotonic() < end:
+            if chunked:
+                size = int((await line()).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    out.ended = True
+                    break
+                data = await asyncio.wait_for(reader.readexactly(size + 2), max(0.001, end - time.monotonic()))
+                data = data[:-2]
+            else:
+                data = await line()
+                if not data:
+                    out.ended = True
+                    break
+            for event in parser.feed(data):
+                out.events.append(event)
+                if on_event is not None:
+                    on_event(event)
+            if stop_after is not None and len(out.events) >= stop_after:
+                break
+    except (TimeoutError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+    return out
+
+
+class _SseParser:
+    def __init__(self) -> None:
+        self._buf = b""
+        self._type = "message"
+        self._id: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, data: bytes) -> list[SseEvent]:
+        self._buf += data
+        events = []
+        while b"\n" in self._buf:
+            raw, self._buf = self._buf.split(b"\n", 1)
+            text = raw.rstrip(b"\r").decode()
+            if text == "":
+                if self._data:
+                    events.append(SseEvent(self._type, self._id, json.loads("\n".join(self._data)), time.time()))
+                self._type, self._data = "message", []
+            elif text.startswith(":"):
+                continue  # a keep-alive comment
+            else:
+                name, _, val = text.partition(":")
+                val = val[1:] if val.startswith(" ") else val
+                if name == "event":
+                    self._type = val
+                elif name == "data":
+                    self._data.append(val)
+                elif name == "id":
+                    self._id = val
+        return events
+
+
+def sse(
+    url: str, seconds: float, stop_after: int | None = None, into: list[tuple[str, dict[str, Any]]] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Read server-sent events for ``seconds`` (or until ``stop_after`` events), appending
+    ``(type, data)`` to ``into`` as they come; checks the response is a proper SSE response."""
+    events: list[tuple[str, dict[str, Any]]] = [] if into is None else into
+    r = asyncio.run(read_sse(url, seconds, stop_after=stop_after, on_event=lambda e: events.append((e.type, e.data))))
+    assert r.status == 200, f"GET {url}: {r.status}"
+    assert r.headers["x-accel-buffering"] == "no"
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return events
+
+
+def predictions(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [data for kind, data in events if kind == "prediction"]
+
+
+async def stream_predictions(
+    base_url: str, sid: str, seconds: float, on_event: Callable[[dict[str, Any]], None]
+) -> None:
+    """One subscriber of stream ``sid`` for ``seconds``: ``on_event(data)`` for each prediction,
+    with the wall-clock receive time added as ``_received``."""
+
+    def relay(e: SseEvent) -> None:
+        if e.type == "prediction":
+            on_event({**e.data, "_received": e.received})
+
+    await read_sse(f"{base_url}/streams/{sid}/events", seconds, on_event=relay)
+
+
+# --- contract objects for tests ------------------------------------------------------------------
+
+
+def detection_event(stream: str, frame: int, *, person: bool = False, at: float | None = None) -> Any:
+    """A ``schema.DetectionEvent`` as a detector stream would publish it (one box if ``person``)."""
+    from gateway.schema import Box, DetectionEvent, ImageSize, Latency
+
+    boxes = [Box(x1=10, y1=10, x2=50, y2=80, score=0.9, label="person")] if person else []
+    return DetectionEvent(
+        model="person_detector",
+        model_version="1",
+        image=ImageSize(width=640, height=360),
+        label="person" if person else "no_person",
+        person_count=len(boxes),
+        threshold=0.5,
+        boxes=boxes,
+        stream=stream,
+        frame=frame,
+        captured_at=time.time() if at is None else at,
+        latency_ms=Latency(wait=1.0, preprocess=2.0, inference=10.0, total=13.0),
+    )

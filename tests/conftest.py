@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT
-from tests.synthetic import synthetic_checkpoint, synthetic_detector_checkpoint
+from harness.helpers import PYTHON, ROOT
+from harness.synthetic import synthetic_checkpoint, synthetic_detector_checkpoint
 
 MODEL = "mobilenet_v3_small"
 DETECTOR = "person_detector"

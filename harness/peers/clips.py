@@ -16,11 +16,13 @@ def write_clip(
     width: int = 640,
     height: int = 360,
     still: np.ndarray | None = None,
+    fmt: str | None = None,
 ) -> Path:
-    """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame."""
+    """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame.
+    The container follows the suffix, or ``fmt`` (``mpegts`` for a stream a pipe can carry)."""
     if still is not None:
         height, width = still.shape[:2]
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"bf": "0", "preset": "ultrafast", "g": str(fps)}

@@ -1,4 +1,4 @@
-"""Start and control the GStreamer RTSP server (tests/peers/rtsp_server.py)."""
+"""Start and control the GStreamer RTSP server (harness/peers/rtsp_server.py)."""
 
 from __future__ import annotations
 

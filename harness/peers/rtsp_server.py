@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A real RTSP server (GStreamer's gst-rtsp-server), run with the system python3 + gi.
 
-    /usr/bin/python3 tests/peers/rtsp_server.py [--port 0] [--file clip.mp4] [--width 640 --height 360 --fps 25]
+    /usr/bin/python3 harness/peers/rtsp_server.py [--port 0] [--file clip.mp4] [--width 640 --height 360 --fps 25]
 
 Serves ``rtsp://127.0.0.1:PORT/test``: a live test pattern encoded with x264 and
 shared by all clients, or an H.264 MP4 sent without re-encoding (from the start

@@ -7,7 +7,7 @@ import logging
 
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import free_port
+from harness.helpers import free_port
 
 
 class S3Server:

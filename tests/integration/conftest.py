@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from embedded_triton import EmbeddedTriton, TritonPorts
-from tests.helpers import TRITON_VENV, GatewayProcess, free_port, gateway
+from harness.helpers import TRITON_VENV, GatewayProcess, free_port, gateway
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,9 @@ from embedded_triton import EmbeddedTriton
 from export.detector import DEFAULT_ARCH, BuiltDetector, build_detector
 from export.parity import Detections, compare_detections, eager_detections, scenes
 from gateway.preprocess import letterbox
+from harness.helpers import GatewayProcess, encode, gateway, predictions, sse, stream_info, wait_until
+from harness.peers.clips import write_clip
 from tests.conftest import DETECTOR, DETECTOR_K
-from tests.helpers import GatewayProcess, encode, gateway, wait_until
-from tests.integration.test_streams_api import predictions, sse, stream_info
-from tests.peers.clips import write_clip
 
 pytestmark = pytest.mark.integration
 ONNX_FLOOR = 0.2  # below it, ORT and torch may pick a different marginal proposal (see export/parity.py)

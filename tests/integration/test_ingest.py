@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, parse_source
-from tests.helpers import free_port, wait_until
-from tests.peers.clips import write_clip
-from tests.peers.rtsp import RtspServer
+from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, Watchdog, parse_source
+from harness.helpers import free_port, wait_until
+from harness.peers.clips import write_clip
+from harness.peers.pipe import PipeCamera
+from harness.peers.rtsp import RtspServer
 
 pytestmark = pytest.mark.integration
 FAST = ReaderConfig(
@@ -32,12 +33,21 @@ def rtsp() -> Iterator[RtspServer]:
 class Recorder:
     def __init__(self) -> None:
         self.changes: list[StateChange] = []
+        self.entered: dict[StreamState, float] = {}  # monotonic time each state was last entered
 
     def __call__(self, change: StateChange) -> None:
         self.changes.append(change)
+        self.entered[change.new] = time.monotonic()
 
     def states(self) -> list[StreamState]:
         return [c.new for c in self.changes]
+
+
+def silent_for(reader: StreamReader, rec: Recorder, state: StreamState) -> float:
+    """Seconds from the source's last frame to the reader entering ``state``."""
+    last = reader.stats.last_read_mono
+    assert last is not None
+    return rec.entered[state] - last
 
 
 def reader_for(url: str, config: ReaderConfig = FAST, loop: bool = False) -> tuple[StreamReader, Recorder]:
@@ -100,18 +110,20 @@ def test_killed_server_reconnects_and_recovers(rtsp: RtspServer) -> None:
 
 
 def test_frozen_server_is_detected_within_the_read_timeout(rtsp: RtspServer) -> None:
-    reader, _ = reader_for(rtsp.url)
+    reader, rec = reader_for(rtsp.url)
     reader.start()
     try:
         wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
         rtsp.freeze()
-        t0 = time.monotonic()
         try:
-            wait_until(lambda: reader.state is StreamState.RECONNECTING, 10, interval=0.05, what="reconnecting")
-            detected = time.monotonic() - t0
+            wait_until(lambda: reader.state is StreamState.RECONNECTING, 15, interval=0.05, what="reconnecting")
+            # Timed from the last frame the source delivered: after SIGSTOP the kernel still sends
+            # what the server had queued (seconds of frames here), and the source is silent only then.
+            detected = silent_for(reader, rec, StreamState.RECONNECTING)
         finally:
             rtsp.thaw()
         assert detected < FAST.read_timeout_s + 2.5, f"a frozen source took {detected:.1f}s to detect"
+        assert rec.states()[-2:] == [StreamState.STALLED, StreamState.RECONNECTING], "silent, not closed"
         wait_until(lambda: reader.state is StreamState.RUNNING, 20, what="running after SIGCONT")
     finally:
         reader.stop()
@@ -144,9 +156,8 @@ def test_file_with_loop_keeps_running(tmp_path: Path) -> None:
     reader, rec = reader_for(str(clip), loop=True)
     reader.start()
     try:
-        time.sleep(3)
+        wait_until(lambda: reader.stats.frames_read > 60, 10, what="three passes over a 25-frame clip")
         assert reader.state is StreamState.RUNNING
-        assert reader.stats.frames_read > 60, "three passes over a 25-frame clip"
     finally:
         reader.stop()
         reader.join(5)
@@ -206,3 +217,71 @@ def test_missing_webcam_goes_through_the_same_reader_and_fails_cleanly() -> None
     reader.start()
     assert reader.join(20)
     assert rec.states() == [StreamState.RECONNECTING, StreamState.FAILED]
+
+
+@pytest.fixture
+def pipe_camera(tmp_path: Path) -> Iterator[PipeCamera]:
+    clip = write_clip(tmp_path / "clip.ts", seconds=2.0, width=320, height=180, fmt="mpegts")
+    camera = PipeCamera(tmp_path / "camera.ts", clip.read_bytes(), seconds=2.0)
+    camera.start()
+    try:
+        yield camera
+    finally:
+        camera.stop()
+
+
+def watched(reader: StreamReader) -> Watchdog:
+    dog = Watchdog(interval_s=0.2)
+    dog.watch(reader)
+    dog.start()
+    return dog
+
+
+def test_paused_pipe_writer_is_stalled_then_running_again(pipe_camera: PipeCamera) -> None:
+    # given a file source read from a FIFO whose writer is live, under the watchdog
+    reader, rec = reader_for(str(pipe_camera.fifo))
+    dog = watched(reader)
+    reader.start()
+    try:
+        wait_until(lambda: reader.stats.frames_sampled >= 3, 15, what="frames through the pipe")
+        # when the writer pauses without closing (the reader is blocked in read(): no decoder timeout applies)
+        pipe_camera.pause()
+        wait_until(lambda: reader.state is StreamState.STALLED, FAST.read_timeout_s + 10, 0.05, what="stalled")
+        stalled_after = silent_for(reader, rec, StreamState.STALLED)
+        # then it is stalled within its read timeout + 2 s of its last frame, counted, and not reopened
+        assert stalled_after < FAST.read_timeout_s + 2, f"stalled after {stalled_after:.1f}s"
+        assert reader.stats.stalls == 1 and reader.generation == 0
+        # and when the writer resumes, frames flow again on the same reader
+        before = reader.stats.frames_sampled
+        pipe_camera.resume()
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, 0.05, what="running again")
+        wait_until(lambda: reader.stats.frames_sampled > before + 2, 10, what="frames after the pause")
+        assert [c.new for c in rec.changes][-2:] == [StreamState.STALLED, StreamState.RUNNING]
+    finally:
+        dog.stop()
+        reader.stop()
+        reader.join(10)
+
+
+def test_frozen_server_is_stalled_then_running_after_sigcont(rtsp: RtspServer) -> None:
+    # given an RTSP source under the watchdog
+    reader, rec = reader_for(rtsp.url)
+    dog = watched(reader)
+    reader.start()
+    try:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        # when the server freezes (SIGSTOP: the connection stays open, no data)
+        rtsp.freeze()
+        try:
+            wait_until(lambda: StreamState.STALLED in rec.states(), 15, 0.05, what="stalled")
+            stalled_after = silent_for(reader, rec, StreamState.STALLED)
+        finally:
+            rtsp.thaw()
+        # then it was stalled within its read timeout + 2 s of its last frame, and runs again
+        assert stalled_after < FAST.read_timeout_s + 2, f"stalled after {stalled_after:.1f}s"
+        wait_until(lambda: rec.states()[-1] is StreamState.RUNNING, 20, what="running after SIGCONT")
+        assert reader.stats.stalls >= 1
+    finally:
+        dog.stop()
+        reader.stop()
+        assert reader.join(15)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from torchvision.models import MobileNet_V3_Small_Weights
 
-from tests.helpers import GatewayProcess, encode, scene
+from harness.helpers import GatewayProcess, encode, scene
 from tests.integration.conftest import Reference
 
 pytestmark = pytest.mark.integration

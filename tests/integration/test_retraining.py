@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import PYTHON, ROOT, gateway, wait_until
+from harness.helpers import PYTHON, ROOT, gateway, wait_until
+from harness.synthetic import PATTERNS, pattern_dataset
 from tests.integration.conftest import new_triton
-from tests.synthetic import PATTERNS, pattern_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -10,46 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from embedded_triton import EmbeddedTriton
-from tests.helpers import GatewayProcess, gateway, wait_until
-from tests.peers.clips import write_clip
-from tests.peers.rtsp import RtspServer
+from harness.helpers import GatewayProcess, encode, gateway, predictions, scene, sse, stream_info, wait_until
+from harness.peers.clips import write_clip
+from harness.peers.rtsp import RtspServer
 
 pytestmark = pytest.mark.integration
 FPS = 4
-
-
-def sse(
-    url: str, seconds: float, stop_after: int | None = None, into: list[tuple[str, dict[str, Any]]] | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """Read server-sent events for ``seconds`` (or until ``stop_after`` events), appending as they come."""
-    events: list[tuple[str, dict[str, Any]]] = [] if into is None else into
-    end = time.monotonic() + seconds
-    kind = "message"
-    with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=seconds + 20)) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["x-accel-buffering"] == "no"
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((kind, json.loads(line.split(":", 1)[1])))
-            if time.monotonic() > end or (stop_after is not None and len(events) >= stop_after):
-                break
-    return events
-
-
-def predictions(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    return [data for kind, data in events if kind == "prediction"]
-
-
-def stream_info(gw: GatewayProcess, sid: str) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [s for s in httpx.get(f"{gw.url}/streams").json() if s["id"] == sid]
-    assert found, f"no stream {sid}"
-    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +93,7 @@ def test_ten_subscribers_cost_no_more_inference_than_one(streams_gateway: Gatewa
     threads = [threading.Thread(target=client) for _ in range(10)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    assert stream_info(streams_gateway, "default")["subscribers"] >= 10
+    wait_until(lambda: stream_info(streams_gateway, "default")["subscribers"] >= 10, 10, what="10 subscribers")
     for t in threads:
         t.join(30)
     elapsed = time.monotonic() - t0
@@ -160,7 +129,7 @@ def test_add_watch_and_remove_a_stream(streams_gateway: GatewayProcess, rtsp: Rt
         target=sse, args=(f"{streams_gateway.url}/streams/extra/events", 30.0), kwargs={"into": watching}
     )
     watcher.start()
-    time.sleep(1.0)
+    wait_until(lambda: any(k == "prediction" for k, _ in watching), 10, what="the watcher receiving")
     assert httpx.delete(f"{streams_gateway.url}/streams/extra").status_code == 204
     watcher.join(10)
     assert not watcher.is_alive(), "the SSE response must end when its stream is removed"
@@ -180,7 +149,7 @@ def test_killed_camera_reports_reconnecting_then_recovers(streams_gateway: Gatew
             target=sse, args=(f"{streams_gateway.url}/streams/cam/events", 12.0), kwargs={"into": seen}
         )
         reader.start()
-        time.sleep(1.0)
+        wait_until(lambda: any(k == "prediction" for k, _ in seen), 10, what="predictions from cam")
         camera.kill()
         wait_until(
             lambda: any(k == "status" and d["state"] == "reconnecting" for k, d in seen),
@@ -212,3 +181,26 @@ def test_stream_list_never_shows_credentials(streams_gateway: GatewayProcess) ->
 def test_unknown_stream_is_404(streams_gateway: GatewayProcess, tmp_path: Path) -> None:
     r = httpx.get(f"{streams_gateway.url}/streams/nope/events")
     assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found"
+
+
+def test_sse_events_match_the_published_schemas(streams_gateway: GatewayProcess) -> None:
+    # given the gateway's own OpenAPI document
+    doc = httpx.get(f"{streams_gateway.url}/openapi.json").json()
+
+    def validator(name: str) -> jsonschema.Draft202012Validator:
+        return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **doc})
+
+    models = {"prediction": validator("PredictionEvent"), "status": validator("StatusEvent")}
+    # when a subscriber reads a classifier stream's events
+    events = sse(f"{streams_gateway.url}/stream", 10.0, stop_after=6)
+    # then every event's data validates against the schema published for its type
+    assert {k for k, _ in events} == {"status", "prediction"}, events
+    for kind, data in events:
+        errors = [e.message for e in models[kind].iter_errors(data)]
+        assert not errors, (kind, data, errors)
+    # and a prediction carries the same result fields as POST /predict's answer, plus the stream's own
+    answer = httpx.post(
+        f"{streams_gateway.url}/predict", files={"image": ("a.jpg", encode(scene(320, 240), "JPEG"), "image/jpeg")}
+    ).json()
+    event = predictions(events)[0]
+    assert set(event) - {"stream", "frame", "captured_at", "latency_ms"} == set(answer) - {"timings_ms"}

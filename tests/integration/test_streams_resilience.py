@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from embedded_triton import EmbeddedTriton
-from tests.helpers import gateway, wait_until
+from harness.helpers import gateway, predictions, sse, stream_info, wait_until
+from harness.peers.clips import write_clip
 from tests.integration.conftest import new_triton
-from tests.integration.test_streams_api import predictions, sse, stream_info
-from tests.peers.clips import write_clip
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.helpers import PYTHON, ROOT
-from tests.peers.clips import write_clip
-from tests.peers.rtsp import RtspServer
+from harness.helpers import PYTHON, ROOT
+from harness.peers.clips import write_clip
+from harness.peers.rtsp import RtspServer
 
 pytestmark = pytest.mark.integration
 

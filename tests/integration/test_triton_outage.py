@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from embedded_triton import EmbeddedTriton
-from tests.helpers import GatewayProcess, encode, gateway, scene, wait_until
+from harness.helpers import GatewayProcess, encode, gateway, scene, wait_until
 from tests.integration.conftest import new_triton
 
 pytestmark = pytest.mark.integration

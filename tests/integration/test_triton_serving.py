@@ -17,8 +17,8 @@ from torchvision.models import MobileNet_V3_Small_Weights
 
 from embedded_triton import EmbeddedTriton
 from gateway.preprocess import classifier_input
+from harness.helpers import PYTHON, ROOT, TRITON_VENV, free_port, process_group_members, scene, wait_until
 from tests.conftest import MODEL
-from tests.helpers import PYTHON, ROOT, TRITON_VENV, free_port, process_group_members, scene, wait_until
 from tests.integration.conftest import Reference, new_triton
 
 pytestmark = pytest.mark.integration

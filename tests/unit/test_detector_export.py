@@ -17,8 +17,8 @@ import torch
 from export.detector import DEFAULT_ARCH, BuiltDetector, build_detector, export_onnx
 from export.parity import Detections, check_detector, compare_detections, eager_detections, scenes
 from export.repository import DetectorLayout, detector_config
+from harness.helpers import ROOT
 from tests.conftest import DETECTOR, DETECTOR_K, run_export
-from tests.helpers import ROOT
 
 OTHER_SIZES = [(400, 400), (384, 512)]  # H, W: neither is the 360x640 the graph was traced at
 # Fixed images.  Over 128 other scenes, onnxruntime matched eager torch on every detection

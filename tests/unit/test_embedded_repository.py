@@ -10,8 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from embedded_triton.repository import CpuOptions, RepositoryError, build, derive_config, fingerprint, rebuild_model
+from harness.helpers import ROOT
 from tests.conftest import DETECTOR, MODEL
-from tests.helpers import ROOT
 
 COMMITTED = ROOT / "model_repository" / MODEL / "config.pbtxt"
 

@@ -17,8 +17,8 @@ from export.classifier import build_mobilenet_v3_small
 from export.parity import OutputDiff
 from export.repository import ClassifierLayout, classifier_config
 from gateway.preprocess import classifier_input
+from harness.helpers import PYTHON, ROOT, free_port, scene
 from tests.conftest import MODEL
-from tests.helpers import PYTHON, ROOT, free_port, scene
 
 
 def run_export(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import MetricsSettings, load_settings
 from gateway.errors import ConfigError
+from gateway.ingest import StreamState
 from gateway.metrics import EmfWindow, Metrics
+from gateway.schema import StreamInfo
 
 
 def test_emf_window_emits_every_log_every_predictions_and_resets() -> None:
@@ -25,11 +28,36 @@ def test_emf_window_emits_every_log_every_predictions_and_resets() -> None:
     assert (first["service"], first["stream"], first["model"]) == ("svc", "lobby", "person_detector")
 
 
+def stream_info(**counters: Any) -> StreamInfo:
+    zero = dict.fromkeys(
+        ("reconnects", "stalls", "decode_errors", "frames_read", "frames_sampled", "frames_skipped", "frames_dropped",
+         "inferences", "predictions", "inference_errors", "subscribers", "events_dropped"),
+        0,
+    )  # fmt: skip
+    base = {"id": "a", "url": "rtsp://h/x", "model": "m", "state": StreamState.RUNNING, "sample_fps": 2.0,
+            "measured_fps": 0.0, "last_frame_age_s": None, "transitions": {}, "triton": "available"}  # fmt: skip
+    return StreamInfo(**{**base, **zero, **counters})
+
+
+def test_every_stream_counter_is_exported() -> None:
+    # given a stream with a distinct value in every counter of its StreamInfo
+    # (inference_errors is recorded by kind where it happens: streamml_inference_errors_total{kind})
+    fields = [n for n, f in StreamInfo.model_fields.items() if f.annotation is int and n != "inference_errors"]
+    assert len(fields) >= 11
+    info = stream_info(**{n: i + 1 for i, n in enumerate(fields)}, transitions={StreamState.STALLED: 3})
+    text = Metrics(lambda: [info]).render().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    exported = set(samples.values())
+    # then every counter's value appears in /metrics (the subscriber gauge included), and the transitions by state
+    missing = [n for i, n in enumerate(fields) if float(i + 1) not in exported]
+    assert not missing, f"StreamInfo counters not exported to /metrics: {missing}"
+    key = ("streamml_stream_transitions_total", (("model", "m"), ("state", "stalled"), ("stream", "a")))
+    assert samples[key] == 3
+
+
 def test_registry_is_per_app_and_reads_streams_at_scrape_time() -> None:
-    rows = [
-        {"id": "a", "model": "m", "frames_read": 5, "frames_sampled": 2, "measured_fps": 2.0, "subscribers": 1,
-         "state": "running", "reconnects": 0},
-    ]  # fmt: skip
+    rows = [stream_info(frames_read=5, frames_sampled=2, measured_fps=2.0, subscribers=1)]
     one, two = Metrics(lambda: rows), Metrics()
     one.inference_seconds.labels("a", "m").observe(0.02)
     text = one.render().decode()
@@ -37,7 +65,7 @@ def test_registry_is_per_app_and_reads_streams_at_scrape_time() -> None:
     assert samples["streamml_frames_read_total"] == 5 and samples["streamml_stream_up"] == 1
     assert samples["streamml_inference_seconds_count"] == 1
     assert "streamml_inference_seconds_count{" not in two.render().decode(), "no shared global registry"
-    rows[0]["frames_read"] = 9
+    rows[0] = rows[0].model_copy(update={"frames_read": 9})
     assert 'streamml_frames_read_total{model="m",stream="a"} 9.0' in one.render().decode()
 
 

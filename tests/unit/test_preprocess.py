@@ -12,7 +12,7 @@ from torchvision.models import MobileNet_V3_Small_Weights
 
 from gateway.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
 from gateway.preprocess import classifier_input, decode_image, normalize, resized_size, sniff
-from tests.helpers import encode, scene
+from harness.helpers import encode, scene
 
 ALL = ("image/jpeg", "image/png", "image/webp")
 PRESET = MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()

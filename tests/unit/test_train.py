@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT
-from tests.synthetic import PATTERNS, pattern_dataset
+from harness.helpers import PYTHON, ROOT
+from harness.synthetic import PATTERNS, pattern_dataset
 from training.train import DatasetError, find_splits
 
 
