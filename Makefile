@@ -115,6 +115,13 @@ test-integration: setup system-deps ## Tests against the real Triton, RTSP serve
 test: setup system-deps lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+FUZZ_EXAMPLES ?= 2000
+FUZZ_TIME ?= 600
+FUZZ_MIN_CASES ?= 10000
+fuzz: setup system-deps ## Long contract run: Schemathesis (all checks, stateful) against the real gateway, >= 10,000 cases
+	STREAMML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) STREAMML_FUZZ_TIME=$(FUZZ_TIME) STREAMML_FUZZ_MIN_CASES=$(FUZZ_MIN_CASES) \
+	  $(PY) -m pytest tests/integration/test_contract.py -k schemathesis -s -o addopts="" --timeout 3600 $(PYTEST_ARGS)
+
 bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
 	$(PY) -m bench
 
@@ -133,4 +140,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) *.egg-info
 
-.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test bench bench-streams bench-detector bench-capture clean distclean
+.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test fuzz bench bench-streams bench-detector bench-capture clean distclean
