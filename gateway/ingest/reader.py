@@ -334,20 +334,25 @@ class StreamReader:
                 if outcome == "ended":
                     self._set_state(StreamState.ENDED, "end of file", gen=gen)
                 return
-            attempt = 0 if outcome in ("dropped", "stalled") else attempt + 1
+            attempt = 1 if outcome in ("dropped", "stalled") else attempt + 1  # frames came: count afresh
             reason = _REASONS[outcome]
-            if self.config.max_retries is not None and attempt > self.config.max_retries:
-                cap.release()
+            gave_up = self.config.max_retries is not None and attempt > self.config.max_retries
+            if gave_up:
                 self._set_state(
                     StreamState.FAILED, f"{reason}; gave up after {self.config.max_retries} retries", gen=gen
                 )
+            else:
+                self._set_state(StreamState.RECONNECTING, reason, gen=gen)
+            if outcome == "stalled":
+                # Closing a connection to a frozen server blocks (RTSP's TEARDOWN waits up to the
+                # read timeout, more than once): close it on the side and carry on now.
+                threading.Thread(target=cap.release, name=f"release-{self.stream_id}", daemon=True).start()
+            else:
+                cap.release()
+            if gave_up:
                 return
-            self._set_state(StreamState.RECONNECTING, reason, gen=gen)
-            # Closing a connection to a frozen server blocks (RTSP TEARDOWN waits up to the read
-            # timeout, more than once): close it on the side and reconnect now.
-            threading.Thread(target=cap.release, name=f"release-{self.stream_id}", daemon=True).start()
             self.stats.reconnects += 1
-            if self._stop.wait(self._backoff(max(1, attempt))):
+            if self._stop.wait(self._backoff(attempt)):
                 return
 
     def _read(self, cap: cv2.VideoCapture, gen: int) -> str:

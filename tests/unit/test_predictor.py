@@ -1,0 +1,95 @@
+"""The predictor (the thin orchestrator) with the Triton client patched: decode → facts →
+preprocess → Triton → post-processing, and what it does when Triton refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from unittest.mock import AsyncMock
+
+import numpy as np
+import pytest
+
+from gateway.config import Settings
+from gateway.errors import BadImage, BadRequest, InferenceFailed, InferenceUnavailable
+from gateway.inference.catalog import ModelCatalog
+from gateway.inference.client import TritonClient
+from gateway.inference.model import Detections, ModelInfo
+from gateway.inference.predictor import Predictor
+from gateway.schema import ClassificationResult, ClassScore, DetectionResult
+from harness.helpers import encode, scene
+
+CLASSIFIER = ModelInfo(
+    name="mobilenet_v3_small", version="1", task="classification", input_name="input", input_datatype="UINT8",
+    input_shape=(3, 224, 224), output_name="probabilities", num_classes=10, max_batch_size=16,
+    instance_kinds=("CPU",),
+)  # fmt: skip
+DETECTOR = replace(
+    CLASSIFIER, name="person_detector", task="detection", input_name="images", input_shape=(3, -1, -1),
+    output_name="", num_classes=3, class_names=("__background__", "person", "car"),
+)  # fmt: skip
+JPEG = encode(scene(640, 480), "JPEG")
+
+
+def rig(**settings: object) -> tuple[Predictor, AsyncMock, ModelCatalog]:
+    client = AsyncMock(spec=TritonClient)
+    client.model_info.side_effect = lambda name, version="": {"person_detector": DETECTOR}.get(name, CLASSIFIER)
+    client.classify.return_value = ([[ClassScore(index=3, label="c", probability=0.9)]], "1")
+    client.detect.return_value = (
+        [Detections(np.array([[64, 48, 128, 96]], np.float32), np.array([0.8], np.float32), np.array([1]))],
+        "1",
+    )
+    s = Settings(**settings)  # type: ignore[arg-type]
+    catalog = ModelCatalog(s, client)
+    return Predictor(s, client, catalog, ThreadPoolExecutor(2)), client, catalog
+
+
+def test_an_upload_is_classified_with_the_models_own_input() -> None:
+    predictor, client, _ = rig()
+    out = asyncio.run(predictor.predict(JPEG, top_k=1))
+    assert isinstance(out.result, ClassificationResult) and out.result.predictions[0].label == "c"
+    assert (out.result.image.width, out.result.image.height) == (640, 480)
+    (_, batch, k), _ = client.classify.call_args
+    assert batch.shape == (1, 3, 224, 224) and batch.dtype == np.uint8 and k == 1
+    assert out.decode_ms > 0 and out.preprocess_ms > 0
+
+
+def test_a_detector_upload_gets_boxes_in_the_client_image() -> None:
+    predictor, client, _ = rig()
+    out = asyncio.run(predictor.predict(JPEG, model="person_detector"))
+    assert isinstance(out.result, DetectionResult) and out.result.label == "person"
+    (_, batch), _ = client.detect.call_args
+    assert batch.shape == (1, 3, 360, 640), "letterboxed into frame_width x frame_height"
+    box = out.result.boxes[0]
+    assert (box.x1, box.y1, box.x2, box.y2) == (85.33, 64, 170.67, 128), "640x480 -> 480x360: boxes x 4/3"
+
+
+def test_a_bad_image_is_refused_before_triton_is_asked() -> None:
+    predictor, client, _ = rig()
+    with pytest.raises(BadImage):
+        asyncio.run(predictor.predict(b"not an image"))
+    client.model_info.assert_not_called()
+    with pytest.raises(BadRequest, match="exceeds the 10 classes"):
+        asyncio.run(predictor.predict(JPEG, top_k=11))
+
+
+def test_a_refusal_from_triton_drops_the_cached_facts() -> None:
+    predictor, client, catalog = rig()
+    asyncio.run(predictor.predict(JPEG))
+    assert catalog.cached("mobilenet_v3_small") is CLASSIFIER
+    client.classify.side_effect = InferenceFailed("input shape changed")
+    with pytest.raises(InferenceFailed):
+        asyncio.run(predictor.predict(JPEG))
+    assert catalog.cached("mobilenet_v3_small") is None, "the next request reads the facts again"
+    client.classify.side_effect = InferenceUnavailable("down")
+    asyncio.run(catalog.get("mobilenet_v3_small"))
+    with pytest.raises(InferenceUnavailable):
+        asyncio.run(predictor.predict(JPEG))
+    assert catalog.cached("mobilenet_v3_small") is CLASSIFIER, "Triton being down is no reason to forget"
+
+
+def test_a_stream_frame_reports_the_camera_size() -> None:
+    predictor, _, _ = rig()
+    out = asyncio.run(predictor.predict_frame(np.zeros((360, 640, 3), np.uint8), source_size=(1920, 1080)))
+    assert (out.result.image.width, out.result.image.height) == (1920, 1080) and out.decode_ms == 0
