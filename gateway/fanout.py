@@ -19,6 +19,7 @@ from gateway.schema import StatusEvent, StreamEvent
 class Envelope:
     id: int  # the SSE id: increasing per stream
     event: StreamEvent
+    data: str  # the event as JSON: serialized once, however many subscribers send it
 
 
 @dataclass(eq=False)
@@ -67,7 +68,7 @@ class Broadcaster:
     def publish(self, event: StreamEvent) -> Envelope | None:
         if self.closed:
             return None
-        envelope = Envelope(next(self._ids), event)
+        envelope = Envelope(next(self._ids), event, event.model_dump_json())
         if isinstance(event, StatusEvent):
             self.last_status = envelope
         for sub in self._subscribers:

@@ -258,7 +258,7 @@ async def read_sse(
                 if not data:
                     out.ended = True
                     break
-            for event in parser.feed(data):
+            for event in parser.feed(data, time.time()):
                 out.events.append(event)
                 if on_event is not None:
                     on_event(event)
@@ -278,7 +278,7 @@ class _SseParser:
         self._id: str | None = None
         self._data: list[str] = []
 
-    def feed(self, data: bytes) -> list[SseEvent]:
+    def feed(self, data: bytes, received: float) -> list[SseEvent]:
         self._buf += data
         events = []
         while b"\n" in self._buf:
@@ -286,7 +286,7 @@ class _SseParser:
             text = raw.rstrip(b"\r").decode()
             if text == "":
                 if self._data:
-                    events.append(SseEvent(self._type, self._id, json.loads("\n".join(self._data)), time.time()))
+                    events.append(SseEvent(self._type, self._id, json.loads("\n".join(self._data)), received))
                 self._type, self._data = "message", []
             elif text.startswith(":"):
                 continue  # a keep-alive comment

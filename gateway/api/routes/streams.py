@@ -34,8 +34,7 @@ async def _events(broadcaster: Broadcaster, sub: Subscription) -> AsyncIterator[
             envelope = await sub.get()
             if envelope is None:
                 return
-            event = envelope.event
-            yield ServerSentEvent(data=event.model_dump_json(), event=event_type(event), id=str(envelope.id))
+            yield ServerSentEvent(data=envelope.data, event=event_type(envelope.event), id=str(envelope.id))
     finally:
         broadcaster.unsubscribe(sub)
 
