@@ -121,11 +121,11 @@ class _StreamFrame(Contract):
     latency_ms: Latency
 
 
-class ClassificationEvent(ClassificationResult, _StreamFrame):
+class ClassificationEvent(_StreamFrame, ClassificationResult):
     """SSE event ``prediction`` from a classifier stream."""
 
 
-class DetectionEvent(DetectionResult, _StreamFrame):
+class DetectionEvent(_StreamFrame, DetectionResult):
     """SSE event ``prediction`` from a detector stream."""
 
 
@@ -168,11 +168,11 @@ class _Captured(Contract):
     file: CapturedFile
 
 
-class ClassificationCapture(ClassificationEvent, _Captured):
+class ClassificationCapture(_Captured, ClassificationEvent):
     """A capture record: the prediction event of the frame, and where its JPEG is."""
 
 
-class DetectionCapture(DetectionEvent, _Captured):
+class DetectionCapture(_Captured, DetectionEvent):
     """A capture record: the prediction event of the frame, and where its JPEG is."""
 
 
