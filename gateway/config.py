@@ -100,7 +100,13 @@ class MetricsSettings(_Section):
     emf: bool = Field(
         True, description="Log one CloudWatch Embedded Metric Format JSON line per stream every log_every predictions."
     )
-    log_every: int = Field(100, ge=1, le=100_000, description="Predictions per stream between two EMF lines.")
+    log_every: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Predictions per stream between two EMF flushes (one record per 100 values; latencies and "
+        "frame ages are published as values, so CloudWatch computes real percentiles).",
+    )
     namespace: str = Field("stream-ml", min_length=1, max_length=255, description="CloudWatch namespace of EMF lines.")
     dimensions: dict[str, str] = Field(
         default_factory=lambda: {"service": "stream-ml-service"},

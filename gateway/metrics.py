@@ -6,9 +6,10 @@ latency) are recorded where they happen; per-stream counters that ingest already
 keeps (frames read, sampled, dropped, reconnects, fps, subscribers) are read from
 the stream workers at scrape time, so nothing is counted twice.
 
-``EmfWindow`` aggregates one stream's predictions and, every ``log_every`` of them,
-returns one JSON line in CloudWatch Embedded Metric Format: CloudWatch Logs turns
-such lines into metrics with no agent.
+``EmfWindow`` collects one stream's predictions and, every ``log_every`` of them,
+returns JSON lines in CloudWatch Embedded Metric Format, with latencies and frame
+ages as arrays of values (CloudWatch computes percentiles from them): CloudWatch
+Logs turns such lines into metrics with no agent.
 """
 
 from __future__ import annotations
@@ -170,51 +171,64 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+EMF_MAX_VALUES = 100  # CloudWatch's limit on the values of one metric in one EMF record
+
+
 class EmfWindow:
-    """One stream's predictions since the last EMF line."""
+    """One stream's predictions since its last EMF records.
+
+    Latency and frame age are published as the **values** themselves (arrays of up to
+    100 per record, as the EMF specification allows), never as percentiles of a window:
+    CloudWatch cannot combine percentiles across windows or streams, but it computes
+    true percentiles over values, across any period and any set of streams."""
 
     def __init__(self, stream: str, model: str, settings: MetricsSettings) -> None:
         self.stream, self.model, self._settings = stream, model, settings
         self._latencies_ms: list[float] = []
         self._ages_ms: list[float] = []
         self._errors = 0
+        self._dropped_before = 0
 
     def error(self) -> None:
         self._errors += 1
 
-    def add(self, latency_ms: float, age_ms: float, fps: float, dropped: int) -> str | None:
-        """Record one prediction; every ``log_every`` predictions, return the EMF line."""
-        self._latencies_ms.append(latency_ms)
-        self._ages_ms.append(age_ms)
+    def add(self, latency_ms: float, age_ms: float, fps: float, dropped_total: int) -> list[str]:
+        """Record one prediction; every ``log_every`` predictions, the EMF records of the window
+        (one per 100 values).  ``dropped_total`` is the stream's running count of dropped frames."""
+        self._latencies_ms.append(round(latency_ms, 3))
+        self._ages_ms.append(round(age_ms, 3))
         if len(self._latencies_ms) < self._settings.log_every:
-            return None
-        line = emf_line(
-            namespace=self._settings.namespace,
-            dimensions={**self._settings.dimensions, "stream": self.stream, "model": self.model},
-            values={
-                "InferenceLatencyP50": (_pct(self._latencies_ms, 50), "Milliseconds"),
-                "InferenceLatencyP95": (_pct(self._latencies_ms, 95), "Milliseconds"),
-                "FrameAgeP95": (_pct(self._ages_ms, 95), "Milliseconds"),
-                "FPS": (round(fps, 3), "Count/Second"),
-                "Predictions": (float(len(self._latencies_ms)), "Count"),
-                "Errors": (float(self._errors), "Count"),
-                "FramesDropped": (float(dropped), "Count"),
-            },
-        )
+            return []
+        dimensions = {**self._settings.dimensions, "stream": self.stream, "model": self.model}
+        lines = []
+        for start in range(0, len(self._latencies_ms), EMF_MAX_VALUES):
+            first = start == 0  # the window's counts go into its first record only
+            end = start + EMF_MAX_VALUES
+            values: dict[str, tuple[float | list[float], str]] = {
+                "InferenceLatency": (self._latencies_ms[start:end], "Milliseconds"),
+                "FrameAge": (self._ages_ms[start:end], "Milliseconds"),
+            }
+            if first:
+                values |= {
+                    "FPS": (round(fps, 3), "Count/Second"),
+                    "Predictions": (float(len(self._latencies_ms)), "Count"),
+                    "Errors": (float(self._errors), "Count"),
+                    "FramesDropped": (float(dropped_total - self._dropped_before), "Count"),
+                }
+            lines.append(emf_line(namespace=self._settings.namespace, dimensions=dimensions, values=values))
         self._latencies_ms.clear()
         self._ages_ms.clear()
         self._errors = 0
-        return line
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return round(ordered[k], 3)
+        self._dropped_before = dropped_total
+        return lines
 
 
 def emf_line(
-    *, namespace: str, dimensions: Mapping[str, str], values: Mapping[str, tuple[float, str]], now: float | None = None
+    *,
+    namespace: str,
+    dimensions: Mapping[str, str],
+    values: Mapping[str, tuple[float | list[float], str]],
+    now: float | None = None,
 ) -> str:
     """One CloudWatch Embedded Metric Format record: the ``_aws`` envelope names the
     metrics and one dimension set; dimension values and metric values are top-level keys."""

@@ -180,8 +180,7 @@ class StreamWorker:
         self._metrics.frame_age_seconds.labels(self.id, self.model).observe(age_ms / 1000)
         if self._emf is not None:
             stats = self.reader.stats
-            line = self._emf.add(latency_ms, age_ms, stats.fps, stats.frames_dropped)
-            if line is not None:
+            for line in self._emf.add(latency_ms, age_ms, stats.fps, stats.frames_dropped):
                 self._emf_log.info(line)
 
     def describe(self) -> StreamInfo:

@@ -18,14 +18,28 @@ from gateway.schema import StreamInfo
 def test_emf_window_emits_every_log_every_predictions_and_resets() -> None:
     window = EmfWindow("lobby", "person_detector", MetricsSettings(log_every=4, dimensions={"service": "svc"}))
     window.error()
-    lines = [window.add(latency_ms=float(i), age_ms=10.0 * i, fps=2.0, dropped=1) for i in range(1, 9)]
-    assert [line is not None for line in lines] == [False, False, False, True] * 2
-    first, second = (json.loads(line) for line in lines if line)
+    batches = [window.add(latency_ms=float(i), age_ms=10.0 * i, fps=2.0, dropped_total=i // 2) for i in range(1, 9)]
+    assert [len(b) for b in batches] == [0, 0, 0, 1] * 2
+    first, second = (json.loads(b[0]) for b in batches if b)
     assert first["Errors"] == 1 and second["Errors"] == 0, "errors are per window"
-    assert first["InferenceLatencyP50"] in (2.0, 3.0) and first["InferenceLatencyP95"] == 4.0
-    assert second["InferenceLatencyP95"] == 8.0
+    # latencies and frame ages are the values themselves: CloudWatch computes the percentiles
+    assert first["InferenceLatency"] == [1.0, 2.0, 3.0, 4.0] and second["InferenceLatency"] == [5.0, 6.0, 7.0, 8.0]
+    assert first["FrameAge"] == [10.0, 20.0, 30.0, 40.0]
+    assert (first["FramesDropped"], second["FramesDropped"]) == (2, 2), "dropped frames per window, not a total"
     assert first["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "stream", "model"]]
     assert (first["service"], first["stream"], first["model"]) == ("svc", "lobby", "person_detector")
+
+
+def test_a_window_over_100_values_is_split_into_records_of_100() -> None:
+    window = EmfWindow("s", "m", MetricsSettings(log_every=250))
+    lines = [line for i in range(250) for line in window.add(float(i), 1.0, 2.0, 0)]
+    records = [json.loads(line) for line in lines]
+    assert [len(r["InferenceLatency"]) for r in records] == [100, 100, 50], "EMF allows 100 values per metric"
+    assert [v for r in records for v in r["InferenceLatency"]] == [float(i) for i in range(250)]
+    assert records[0]["Predictions"] == 250 and "Predictions" not in records[1], "counts once per window"
+    for r in records:
+        named = {m["Name"] for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+        assert named == {k for k in r if k not in ("_aws", "service", "stream", "model")}, "declared = present"
 
 
 def stream_info(**counters: Any) -> StreamInfo:
