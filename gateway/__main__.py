@@ -25,7 +25,7 @@ def main() -> int:
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
     )
     return 0
 

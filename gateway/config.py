@@ -1,8 +1,11 @@
-"""The one typed settings object: YAML file (path in ``APP_CONFIG``) + ``APP_*`` env.
+"""The one typed settings object: YAML file (path in ``APP_CONFIG``) + ``APP_*`` env + secret files.
 
 Precedence, highest first: ``APP_*`` environment variables (nested fields with a
-double underscore, e.g. ``APP_TRITON__URL``), the YAML file, the defaults below.
-Unknown keys and invalid values stop start-up with the field's name.
+double underscore, e.g. ``APP_TRITON__URL``), secret files (one file per setting,
+named like the variable in lower case, ``app_streams`` or ``app_capture__s3__bucket``,
+in ``APP_SECRETS_DIR``, default ``/run/secrets`` where Docker and Kubernetes mount
+them), the YAML file, the defaults below.  Unknown keys and invalid values stop
+start-up with the field's name.
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from gateway.errors import ConfigError
 from gateway.parsing import ascii_digits
 
 CONFIG_ENV = "APP_CONFIG"
+SECRETS_ENV = "APP_SECRETS_DIR"
+DEFAULT_SECRETS_DIR = "/run/secrets"
 
 
 class _Section(BaseModel):
@@ -199,11 +210,22 @@ class ServerSettings(_Section):
     host: str = Field("0.0.0.0", description="Address the gateway listens on.")  # noqa: S104 - a server
     port: int = Field(8000, ge=0, lt=65536, description="Port the gateway listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    graceful_shutdown_s: int = Field(
+        15,
+        ge=1,
+        le=300,
+        description="On SIGTERM, how long uvicorn waits for open requests and SSE responses to finish; at least "
+        "ingest.send_timeout_s, and below the orchestrator's stop grace period (compose stop_grace_period 30 s).",
+    )
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="APP_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+        env_prefix="APP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
     )
 
     model: str = Field(
@@ -263,6 +285,15 @@ class Settings(BaseSettings):
             raise ValueError(f"stream ids must be unique: {duplicates}")
         return self
 
+    @model_validator(mode="after")
+    def _shutdown_outlasts_a_send(self) -> Settings:
+        if self.server.graceful_shutdown_s < self.ingest.send_timeout_s:
+            raise ValueError(
+                f"server.graceful_shutdown_s ({self.server.graceful_shutdown_s:g}) must be at least "
+                f"ingest.send_timeout_s ({self.ingest.send_timeout_s:g}): a stalled SSE send is cut at shutdown"
+            )
+        return self
+
     def all_streams(self) -> list[StreamConfig]:
         """Configured streams, with rtsp_url first as the 'default' stream."""
         extra = [StreamConfig(id="default", url=self.rtsp_url)] if self.rtsp_url else []
@@ -278,6 +309,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets = Path(os.environ.get(SECRETS_ENV, DEFAULT_SECRETS_DIR))
+        if secrets.is_dir():
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings, secrets_dir=secrets, secrets_prefix="APP_", secrets_nested_delimiter="__"
+                )
+            )
         path = os.environ.get(CONFIG_ENV)
         if path:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(path)))
@@ -287,7 +325,10 @@ class Settings(BaseSettings):
 def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if not err["loc"]:  # a rule across fields: its message names them
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        field = ".".join(str(p) for p in err["loc"])
         env = "APP_" + "__".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"

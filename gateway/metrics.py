@@ -180,7 +180,9 @@ class EmfWindow:
     Latency and frame age are published as the **values** themselves (arrays of up to
     100 per record, as the EMF specification allows), never as percentiles of a window:
     CloudWatch cannot combine percentiles across windows or streams, but it computes
-    true percentiles over values, across any period and any set of streams."""
+    true percentiles over values, across any period and any set of streams.  Each record
+    also rolls up to the configured dimensions alone (e.g. ``service``), the metric an
+    alarm on the whole deployment watches."""
 
     def __init__(self, stream: str, model: str, settings: MetricsSettings) -> None:
         self.stream, self.model, self._settings = stream, model, settings
@@ -215,7 +217,14 @@ class EmfWindow:
                     "Errors": (float(self._errors), "Count"),
                     "FramesDropped": (float(dropped_total - self._dropped_before), "Count"),
                 }
-            lines.append(emf_line(namespace=self._settings.namespace, dimensions=dimensions, values=values))
+            lines.append(
+                emf_line(
+                    namespace=self._settings.namespace,
+                    dimensions=dimensions,
+                    values=values,
+                    rollups=(tuple(self._settings.dimensions),) if self._settings.dimensions else (),
+                )
+            )
         self._latencies_ms.clear()
         self._ages_ms.clear()
         self._errors = 0
@@ -228,17 +237,20 @@ def emf_line(
     namespace: str,
     dimensions: Mapping[str, str],
     values: Mapping[str, tuple[float | list[float], str]],
+    rollups: tuple[tuple[str, ...], ...] = (),
     now: float | None = None,
 ) -> str:
     """One CloudWatch Embedded Metric Format record: the ``_aws`` envelope names the
-    metrics and one dimension set; dimension values and metric values are top-level keys."""
+    metrics and the dimension sets (all ``dimensions``, then each of ``rollups``: fewer
+    dimensions, so one alarm covers every stream); dimension values and metric values are
+    top-level keys."""
     record: dict[str, Any] = {
         "_aws": {
             "Timestamp": int((now if now is not None else time.time()) * 1000),
             "CloudWatchMetrics": [
                 {
                     "Namespace": namespace,
-                    "Dimensions": [list(dimensions)],
+                    "Dimensions": [list(dimensions), *(list(r) for r in rollups)],
                     "Metrics": [{"Name": name, "Unit": unit} for name, (_, unit) in values.items()],
                 }
             ],

@@ -69,8 +69,8 @@ def test_emf_lines_follow_the_format(observed: GatewayProcess) -> None:
         assert isinstance(aws["Timestamp"], int) and aws["Timestamp"] > 1_700_000_000_000
         (directive,) = aws["CloudWatchMetrics"]
         assert directive["Namespace"] == "stream-ml"
-        (dims,) = directive["Dimensions"]
-        assert dims == ["service", "site", "stream", "model"]
+        dims, rollup = directive["Dimensions"]
+        assert dims == ["service", "site", "stream", "model"] and rollup == ["service", "site"], "per stream, and all"
         for key in dims:  # dimension values are top-level strings
             assert isinstance(record[key], str), key
         assert record["service"] == "stream-ml-test" and record["stream"] == "cam"

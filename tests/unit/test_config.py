@@ -149,3 +149,28 @@ def test_every_setting_is_documented() -> None:
         assert env in reference, f"docs/configuration.md lacks the env name {env}"
         assert f"{path.rsplit('.', 1)[-1]}:" in example, f"config.example.yaml lacks {path}"
         assert info.description, f"{path} has no description (Field(description=...))"
+
+
+def test_secret_files_set_settings_below_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given Docker-style secret files: one per setting, named like its variable in lower case
+    (tmp_path / "app_rtsp_url").write_text("rtsp://admin:s3cret@cam.local/stream1\n")
+    (tmp_path / "app_capture__s3__bucket").write_text("captures-prod")
+    (tmp_path / "app_streams").write_text('[{"id": "dock", "url": "rtsp://u:pw@10.0.0.7/s"}]')
+    monkeypatch.setenv("APP_SECRETS_DIR", str(tmp_path))
+    s = load_settings()
+    assert s.rtsp_url == "rtsp://admin:s3cret@cam.local/stream1" and s.capture.s3.bucket == "captures-prod"
+    assert [c.id for c in s.all_streams()] == ["default", "dock"]
+    # and the environment still wins
+    monkeypatch.setenv("APP_CAPTURE__S3__BUCKET", "from-env")
+    assert load_settings().capture.s3.bucket == "from-env"
+
+
+def test_a_missing_secrets_dir_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_SECRETS_DIR", str(tmp_path / "none"))
+    assert load_settings().rtsp_url is None
+
+
+def test_shutdown_must_outlast_an_sse_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_SERVER__GRACEFUL_SHUTDOWN_S", "5")
+    with pytest.raises(ConfigError, match=r"server\.graceful_shutdown_s \(5\) must be at least ingest\.send_timeout_s"):
+        load_settings()

@@ -26,7 +26,7 @@ def test_emf_window_emits_every_log_every_predictions_and_resets() -> None:
     assert first["InferenceLatency"] == [1.0, 2.0, 3.0, 4.0] and second["InferenceLatency"] == [5.0, 6.0, 7.0, 8.0]
     assert first["FrameAge"] == [10.0, 20.0, 30.0, 40.0]
     assert (first["FramesDropped"], second["FramesDropped"]) == (2, 2), "dropped frames per window, not a total"
-    assert first["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "stream", "model"]]
+    assert first["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "stream", "model"], ["service"]]
     assert (first["service"], first["stream"], first["model"]) == ("svc", "lobby", "person_detector")
 
 
