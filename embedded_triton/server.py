@@ -106,6 +106,8 @@ class EmbeddedTriton:
     cpu: CpuOptions = field(default_factory=CpuOptions)
     log_verbose: int = 0
     watch_s: float = 2.0  # how often the source repository is checked for new versions; 0: never
+    extra_args: tuple[str, ...] = ()  # more tritonserver flags (e.g. --http-restricted-api=...)
+    admin_header: tuple[str, str] | None = None  # sent with model-control calls when that API is restricted
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _seen: dict[str, tuple[object, ...]] = field(default_factory=dict, init=False, repr=False)
@@ -148,7 +150,6 @@ class EmbeddedTriton:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true",
-            "--strict-model-config=true",
             # Explicit model control: every model at start-up, then a new version is loaded
             # when `sync()` has re-derived it (a poll could catch a half-derived directory).
             "--model-control-mode=explicit",
@@ -159,6 +160,7 @@ class EmbeddedTriton:
             # One stub shm region holds a whole batch (32 x 150 KB in, 2 x 32 x 4 KB out) without growth.
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=8388608",
+            *self.extra_args,
         ]
 
     def start(self) -> None:
@@ -250,7 +252,8 @@ class EmbeddedTriton:
     def _repository_call(self, name: str, action: str, timeout: float = 300.0) -> None:
         """POST /v2/repository/models/<name>/load|unload (Triton's model-control API)."""
         url = f"{self.http_url}/v2/repository/models/{urllib.parse.quote(name)}/{action}"
-        request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback URL we built
+        headers = dict([self.admin_header]) if self.admin_header else {}
+        request = urllib.request.Request(url, data=b"", method="POST", headers=headers)  # noqa: S310 - loopback
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:  # noqa: S310
                 r.read()

@@ -99,8 +99,10 @@ class GatewayProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self._env = {**os.environ, **env}
+        self.env = {**os.environ, **env}  # the process's whole environment
         self._args = ["--log-level", log_level, *([] if access_log else ["--no-access-log"])]
+        self.command: list[str] | None = None  # None: uvicorn on self.port (set it to run another entry point)
+        self.cwd = ROOT
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -113,9 +115,9 @@ class GatewayProcess:
         uvicorn = [PYTHON, "-m", "uvicorn", "gateway.main:create_app", "--factory", "--host", "127.0.0.1"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*uvicorn, "--port", str(self.port), *self._args],
-                cwd=ROOT,
-                env=self._env,
+                self.command or [*uvicorn, "--port", str(self.port), *self._args],
+                cwd=self.cwd,
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,95 @@
+"""Deploy files read as Docker would read them, for the tests that check them without Docker:
+docker-compose.yml with compose's variable interpolation, Dockerfile instructions, lock pins."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.helpers import ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``."""
+
+    def value(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        have = env.get(name)
+        if op in (":-", "-"):
+            return have if have or (op == "-" and have is not None) else arg
+        if op in (":?", "?"):
+            if not have:
+                raise ValueError(f"{name}: {arg}")
+            return have
+        return have or ""
+
+    return _VAR.sub(value, text)
+
+
+def variables(text: str) -> set[str]:
+    return {m.group(1) for m in _VAR.finditer(text)}
+
+
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml, interpolated with ``env`` (and the required admin key)."""
+    env = {"TRITON_ADMIN_KEY": "test-admin-key", **(env or {})}
+    doc: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+    return doc
+
+
+def env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, val = line.partition("=")
+            out[key.strip()] = val.strip()
+    return out
+
+
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (``30s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines, out, current = path.read_text().splitlines(), [], ""
+    for line in lines:
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            word, _, rest = current.partition(" ")
+            out.append((word.upper(), rest.strip()))
+            current = ""
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """A JSON-array instruction argument (ENTRYPOINT, CMD, HEALTHCHECK ... CMD)."""
+    parsed: list[str] = json.loads(args[args.index("[") :])
+    return parsed
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    """name -> version pinned by a lock file (names normalized as pip does)."""
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==([^\s\\]+)", lock.read_text(), re.MULTILINE)
+    return {re.sub(r"[-_.]+", "-", n).lower(): v for n, v in pins}
