@@ -161,7 +161,7 @@ typecheck: $(VENV)/.installed ## mypy
 test-unit: $(VENV)/.installed $(NVENV)/.installed deploy-tools ## Fast tests: no servers
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup system-deps ## Tests against the real Triton, RTSP server and gateway (uvicorn)
+test-integration: setup deploy-tools system-deps ## Tests against the real Triton, RTSP server and gateway (uvicorn)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: setup ngc-env deploy-tools system-deps lint typecheck ## Set up, then lint, typecheck and run every test (what CI runs)

@@ -93,3 +93,43 @@ def lock_pins(lock: Path) -> dict[str, str]:
     """name -> version pinned by a lock file (names normalized as pip does)."""
     pins = re.findall(r"^([A-Za-z0-9._-]+)==([^\s\\]+)", lock.read_text(), re.MULTILINE)
     return {re.sub(r"[-_.]+", "-", n).lower(): v for n, v in pins}
+
+
+# --- Terraform ------------------------------------------------------------------------------------
+
+INFRA = ROOT / "infra"
+
+
+def _unquote(value: Any) -> Any:
+    """python-hcl2 keeps HCL's quotes on strings and labels: drop them, recursively."""
+    if isinstance(value, str):
+        return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, dict):
+        return {_unquote(k): _unquote(v) for k, v in value.items() if not str(k).startswith("__")}
+    return value
+
+
+def terraform(folder: Path = INFRA) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every block of the ``*.tf`` files of ``folder`` (not below it), by kind, type and name:
+    ``{"resource": {"aws_lb": {"main": {...}}}, "variable": {"name": {...}}, "module": {...}}``."""
+    import hcl2
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.tf")):
+        with path.open() as f:
+            doc = hcl2.load(f)
+        for kind, blocks in doc.items():
+            if kind.startswith("__"):
+                continue
+            for raw in blocks if isinstance(blocks, list) else [blocks]:
+                block = _unquote(raw)
+                if kind in ("resource", "data"):
+                    for rtype, named in block.items():
+                        for name, attrs in named.items():
+                            out.setdefault(kind, {}).setdefault(rtype, {})[name] = attrs
+                else:  # variable, output, module, locals, terraform, provider
+                    for name, attrs in block.items():
+                        out.setdefault(kind, {})[name] = attrs
+    return out
