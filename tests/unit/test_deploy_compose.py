@@ -187,3 +187,20 @@ def test_demo_profile_adds_a_stream_the_policy_allows(doc: dict, monkeypatch: py
     mediamtx = yaml.safe_load((ROOT / "deploy" / "demo" / "mediamtx.yml").read_text())
     assert url.endswith("/" + next(iter(mediamtx["paths"]))) and ":8554/" in url
     assert ENV_EXAMPLE.is_file()
+
+
+def test_compose_security_a_scanner_would_ask_for(doc: dict) -> None:  # type: ignore[type-arg]
+    # checkov has no compose framework: the properties it checks on containers, asserted here
+    for name, service in doc["services"].items():
+        assert not service.get("privileged"), f"{name} is privileged"
+        assert service.get("network_mode") != "host", f"{name} shares the host's network"
+        assert not any("docker.sock" in v for v in service.get("volumes", [])), f"{name} mounts the Docker socket"
+        assert "SYS_ADMIN" not in service.get("cap_add", []), name
+        for port in service.get("ports", []):
+            host_ip = port.split(":")[0]
+            if name != "gateway":
+                assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback by default"
+    gateway = doc["services"]["gateway"]
+    assert gateway["read_only"] is True and gateway["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in gateway["security_opt"]
+    assert all(v.endswith(":ro") or not v.startswith("./") for v in gateway["volumes"]), "config mounted read-only"
