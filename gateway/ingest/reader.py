@@ -115,7 +115,6 @@ class ReaderStats:
     reconnects: int = 0
     stalls: int = 0  # times the source went silent without closing
     decode_errors: int = 0  # a grabbed frame the decoder could not deliver
-    last_frame_mono: float | None = None  # the last sampled frame
     last_read_mono: float | None = None  # the last frame the source delivered, sampled or not
     state_changes: Counter[StreamState] = field(default_factory=Counter)
     _samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -127,11 +126,6 @@ class ReaderStats:
             return 0.0
         span = self._samples[-1] - self._samples[0]
         return (len(self._samples) - 1) / span if span > 0 else 0.0
-
-    def frame_age(self, now: float | None = None) -> float | None:
-        if self.last_frame_mono is None:
-            return None
-        return (now if now is not None else time.monotonic()) - self.last_frame_mono
 
     def silence(self, now: float | None = None) -> float | None:
         """Seconds since the source last delivered a frame (None before the first)."""
@@ -422,7 +416,6 @@ class StreamReader:
             self._slot = Frame(self.stream_id, index, wall, mono, image, source)
             self._slot_taken = False
             self.stats.frames_sampled += 1
-            self.stats.last_frame_mono = mono
             self.stats._samples.append(mono)
             self._cond.notify_all()
         if self._on_frame is not None:
