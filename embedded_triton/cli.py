@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from embedded_triton.repository import CpuOptions, RepositoryError, default_instances
-from embedded_triton.server import EmbeddedTriton, TritonPorts, main_loop
+from embedded_triton.server import EmbeddedTriton, TritonPorts
+from embedded_triton.supervisor import RestartBudget, main_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts of a tritonserver that exited on its own, within --restart-window; then give up "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--restart-window", type=float, default=300.0, help="seconds (default: %(default)s)")
+    p.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=1.0,
+        help="delay before the first restart; doubles up to 30 s (default: %(default)s)",
+    )
+    p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         help="optional: after `--`, a command to run once Triton is ready (it gets APP_TRITON__URL); "
@@ -56,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         watch_s=args.watch_secs,
     )
     try:
-        return main_loop(server, args.ready_timeout, command)
+        budget = RestartBudget(
+            max_restarts=args.max_restarts, window_s=args.restart_window, backoff_initial_s=args.restart_backoff
+        )
+        return main_loop(server, args.ready_timeout, command, budget)
     except RepositoryError as e:
         print(f"embedded triton: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -91,7 +90,7 @@ class TritonInstall:
         )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -115,6 +114,8 @@ class EmbeddedTriton:
     _watch_stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _watcher: threading.Thread | None = field(default=None, init=False, repr=False)
     _sync_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _install: TritonInstall | None = field(default=None, init=False, repr=False)
+    restarts: int = field(default=0, init=False)  # supervised restarts after an unexpected exit
 
     @property
     def grpc_url(self) -> str:
@@ -167,36 +168,58 @@ class EmbeddedTriton:
         with self._lock:
             if self._proc is not None:
                 return
-            install = TritonInstall.discover(self.venv.resolve())
+            self._install = TritonInstall.discover(self.venv.resolve())
             self.work_dir.mkdir(parents=True, exist_ok=True)
             models = repository.build(self.model_repository, self.work_dir / "repository", self.cpu)
             self._seen = {d.name: repository.fingerprint(d) for d in repository.model_dirs(self.model_repository)}
             self._names = dict(zip(self._seen, models, strict=True))
-            env = dict(os.environ)
-            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (install.libdir, env.get("LD_LIBRARY_PATH")) if p)
-            # The stub's embedded interpreter ignores PYTHONPATH, but it finds its prefix through
-            # `python3` on PATH: the venv's comes first, so its site-packages (numpy<2, onnxruntime)
-            # are used and the system's are not.
-            env["PATH"] = os.pathsep.join(p for p in (install.bin_dir, env.get("PATH")) if p)
-            for var in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV"):
-                env.pop(var, None)
-            cmd = self.command(install)
-            log.info("starting tritonserver (models: %s): %s", ", ".join(models), " ".join(cmd))
-            with self.log_path.open("ab") as out:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
-                )
+            log.info("starting tritonserver (models: %s)", ", ".join(models))
+            self._proc = self._spawn(self._install)
             atexit.register(self.stop)
             if self.watch_s > 0:
                 self._watch_stop.clear()
                 self._watcher = threading.Thread(target=self._watch, name="triton-repo-watch", daemon=True)
                 self._watcher.start()
+
+    def _spawn(self, install: TritonInstall) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (install.libdir, env.get("LD_LIBRARY_PATH")) if p)
+        # The stub's embedded interpreter ignores PYTHONPATH, but it finds its prefix through
+        # `python3` on PATH: the venv's comes first, so its site-packages (numpy<2, onnxruntime)
+        # are used and the system's are not.
+        env["PATH"] = os.pathsep.join(p for p in (install.bin_dir, env.get("PATH")) if p)
+        for var in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV"):
+            env.pop(var, None)
+        cmd = self.command(install)
+        log.info("tritonserver command: %s", " ".join(cmd))
+        with self.log_path.open("ab") as out:
+            return subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+            )
+
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has exited on its own; None while it runs (or was stopped)."""
+        proc = self._proc
+        return None if proc is None else proc.poll()
+
+    def restart(self) -> None:
+        """Sweep what is left of the server's process group (its stubs) and start it again on the
+        same ports and derived repository.  The repository watcher keeps running."""
+        with self._lock:
+            if self._install is None:
+                raise TritonStartError("restart() before start()")
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                _stop_group(proc, timeout=5.0)
+            self.restarts += 1
+            log.warning("restarting tritonserver (restart %d)", self.restarts)
+            self._proc = self._spawn(self._install)
 
     def _watch(self) -> None:
         """Load new or changed models until stopped; never lets an error end the thread."""
@@ -265,17 +288,21 @@ class EmbeddedTriton:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             raise TritonStartError(f"could not reach Triton to {action} {name}: {e}") from e
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, cancel: threading.Event | None = None) -> bool:
+        """Block until the server answers ready (True), or ``cancel`` is set (False).
+        Raises ``TritonStartError`` when it exits or is not ready within ``timeout``."""
         deadline = time.monotonic() + timeout
         url = f"{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                return False
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
                 raise TritonStartError(f"tritonserver exited (code {code}):\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback URL we built
                     if r.status == 200:
-                        return
+                        return True
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
@@ -298,20 +325,7 @@ class EmbeddedTriton:
         if proc is None:
             return
         atexit.unregister(self.stop)
-        pgid = proc.pid  # start_new_session: the server leads its own group
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver did not exit after %s; escalating", sig.name)
-        # The stubs are in the same group: sweep anything that outlived the server.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        _stop_group(proc, timeout)
 
     def __enter__(self) -> EmbeddedTriton:
         self.start()
@@ -326,49 +340,19 @@ class EmbeddedTriton:
         self.stop()
 
 
-def _terminate(child: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after ``timeout``."""
+    pgid = proc.pid  # start_new_session: the server leads its own group
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
-            child.wait(timeout)
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
         except subprocess.TimeoutExpired:
-            child.kill()
-    return child.wait()
-
-
-def main_loop(server: EmbeddedTriton, ready_timeout: float, command: list[str] | None = None) -> int:
-    """Run until SIGINT/SIGTERM, the server dies, or ``command`` exits; always stop everything."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-    child: subprocess.Popen[bytes] | None = None
-    try:
-        server.start()
-        server.wait_ready(ready_timeout)
-        print(
-            f"triton ready: grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}  "
-            f"(log: {server.log_path})",
-            flush=True,
-        )
-        if command:
-            env = dict(os.environ)
-            env.setdefault("APP_TRITON__URL", server.grpc_url)
-            child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
-        while not stop.wait(0.5):
-            proc = server._proc
-            if proc is None or proc.poll() is not None:
-                print(f"tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
-                return 1
-            if child is not None and child.poll() is not None:
-                code = child.returncode
-                return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
-        if child is not None:
-            _terminate(child)
-        return 0  # asked to stop (Ctrl-C, SIGTERM): a clean exit
-    except TritonStartError as e:
-        print(f"embedded triton failed: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if child is not None:
-            _terminate(child)
-        server.stop()
+            log.warning("tritonserver did not exit after %s; escalating", sig.name)
+    # The stubs are in the same group: sweep anything that outlived the server.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

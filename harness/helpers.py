@@ -74,20 +74,29 @@ def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def process_group_members(pgid: int) -> list[int]:
-    """PIDs whose process group is ``pgid`` (zombies excluded)."""
-    members = []
+def _processes() -> Iterator[tuple[int, list[str], str]]:
+    """(pid, the fields of /proc/pid/stat after the name, the command line) of every live process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            yield int(entry.name), fields, cmdline
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """PIDs whose process group is ``pgid`` (zombies excluded)."""
+    return [pid for pid, fields, _ in _processes() if int(fields[2]) == pgid]
+
+
+def children(ppid: int, needle: str = "") -> list[int]:
+    """Live child processes of ``ppid`` whose command line contains ``needle``."""
+    return [pid for pid, fields, cmdline in _processes() if int(fields[1]) == ppid and needle in cmdline]
 
 
 class GatewayProcess:
@@ -222,10 +231,12 @@ async def read_sse(
     stop_after: int | None = None,
     on_event: Callable[[SseEvent], None] | None = None,
     headers: dict[str, str] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> SseResponse:
-    """Read ``url``'s Server-Sent Events for ``seconds`` (or until ``stop_after`` events, or the
-    end of the response).  A plain asyncio HTTP/1.1 client (chunked decoding, SSE framing):
-    cheap enough for hundreds of subscribers on the machine under test."""
+    """Read ``url``'s Server-Sent Events for ``seconds`` (or until ``stop_after`` events, ``until()``
+    is true after a chunk, or the end of the response).  A plain asyncio HTTP/1.1 client
+    (chunked decoding, SSE framing): cheap enough for hundreds of subscribers on the machine
+    under test."""
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
@@ -264,7 +275,7 @@ async def read_sse(
                 out.events.append(event)
                 if on_event is not None:
                     on_event(event)
-            if stop_after is not None and len(out.events) >= stop_after:
+            if (stop_after is not None and len(out.events) >= stop_after) or (until is not None and until()):
                 break
     except (TimeoutError, asyncio.IncompleteReadError):
         pass
