@@ -130,6 +130,20 @@ lock: $(VENV)/.installed ## Re-resolve requirements/*.lock from pyproject.toml (
 	$(PY) -m uv pip compile pyproject.toml --extra export-ngc --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(EXPORTER_LOCK)
 
+# pip-audit reads the pins and hashes of each lock as they are (no pip, no resolution) and asks
+# OSV about every one; requirements/audit-ignore.txt lists the accepted ones, each with its
+# reason and expiry (tests/unit/test_audit.py fails on an expired entry).  OSV_URL: another
+# OSV-compatible endpoint (the tests use a local one).
+AUDIT_IGNORE := requirements/audit-ignore.txt
+OSV_URL ?=
+PIP_AUDIT = $(PY) -m pip_audit --vulnerability-service osv $(if $(OSV_URL),--osv-url $(OSV_URL)) \
+  --disable-pip --require-hashes --strict --progress-spinner off --timeout 30 \
+  $(shell sed -e 's/\#.*//' $(AUDIT_IGNORE) | awk 'NF {print "--ignore-vuln", $$1}')
+
+audit: | $(VENV)/.installed ## pip-audit both lock files against OSV's advisories (network; ignores: requirements/audit-ignore.txt)
+	$(PIP_AUDIT) -r $(GATEWAY_LOCK)
+	$(PIP_AUDIT) -r $(EXPORTER_LOCK)
+
 export-ngc: $(NVENV)/.installed ## Detector TorchScript for the NGC 24.10 GPU container, exported with torch 2.5.1
 	$(NVENV)/bin/python -m export person_detector --arch $(ARCH) --weights $(WEIGHTS) --repo $(REPO)
 
@@ -174,6 +188,17 @@ fuzz: setup system-deps ## Long contract run: Schemathesis (all checks, stateful
 	STREAMML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) STREAMML_FUZZ_TIME=$(FUZZ_TIME) STREAMML_FUZZ_MIN_CASES=$(FUZZ_MIN_CASES) \
 	  $(PY) -m pytest tests/integration/test_contract.py -k schemathesis -s -o addopts="" --timeout 3600 $(PYTEST_ARGS)
 
+CHAOS_FLAP_CYCLES ?= 50
+CHAOS_LOAD_SECONDS ?= 120
+RELIABILITY_TESTS := tests/integration/test_supervision.py tests/integration/test_model_crash.py \
+  tests/integration/test_triton_outage.py tests/integration/test_flapping.py tests/integration/test_sse_scale.py \
+  tests/integration/test_shutdown.py
+chaos: setup system-deps ## Long reliability runs (docs/reliability.md): 50 camera flaps, faults, SSE at scale, 2-min load and 4x overload, >= 10,000 fuzz cases
+	STREAMML_FLAP_CYCLES=$(CHAOS_FLAP_CYCLES) $(PY) -m pytest $(RELIABILITY_TESTS) -q --timeout 3600 $(PYTEST_ARGS)
+	$(PY) -m bench.overload --seconds $(CHAOS_LOAD_SECONDS)
+	$(MAKE) --no-print-directory fuzz
+	$(PY) -m harness.results
+
 bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
 	$(PY) -m bench
 
@@ -192,4 +217,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) $(DVENV) *.egg-info
 
-.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock run triton gateway lint fmt typecheck test-unit test-integration test fuzz bench bench-streams bench-detector bench-capture clean distclean
+.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture clean distclean

@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                         print(_row(lv), flush=True)
                         if not lv.sustained:
                             break
-                env = {"APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]', "APP_INGEST__SUBSCRIBER_QUEUE": "64"}
+                env = {
+                    "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+                    "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # the camera is on loopback
+                    "APP_INGEST__SUBSCRIBER_QUEUE": "64",
+                }
                 with servers.gateway(tri.grpc_url, work / "gw", extra_env=env) as gw:
                     gateway_level(gw, camera.url, 1, 2.0, CpuMeter({}))  # s0 for the fan-out test
                     lags = asyncio.run(_fanout_lag(gw.url, "s0", args.subscribers, args.duration))

@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from gateway.api.transport import TransportAwareProtocol
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.main import LOG_FORMAT, create_app
@@ -26,6 +27,7 @@ def main() -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
+        http=TransportAwareProtocol,  # the SSE guard reads each subscriber's TCP state
     )
     return 0
 

@@ -10,16 +10,27 @@ start-up with the field's name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -182,6 +193,15 @@ class StreamPolicy(_Section):
     allowed_hosts: tuple[str, ...] = Field(
         (), description="Hosts POST /streams may reach; empty refuses every runtime-added stream."
     )
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
+        (),
+        description="Networks (CIDR) an allowed host may resolve into although they are loopback, link-local, "
+        "private or otherwise not public, e.g. 10.0.0.0/8 for cameras on a LAN; empty: public addresses only.  "
+        "Cloud metadata addresses (169.254.169.254, 169.254.170.2, fd00:ec2::254) are refused regardless.",
+    )
+    resolve_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Bound on resolving a runtime stream's host; past it POST /streams is refused."
+    )
     max_streams: int = Field(
         256, ge=1, le=100_000, description="Streams the gateway runs at most; POST /streams beyond it is refused (403)."
     )
@@ -194,6 +214,14 @@ class StreamPolicy(_Section):
             raise ValueError(f"hosts are names or IP addresses (letters, digits, '.', '-', '_', ':'), got {bad}")
         return v
 
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        """CIDRs parsed by ``ipaddress``, whose one message ("has host bits set") beats one error per IP version."""
+        if isinstance(v, list | tuple):
+            return tuple(ipaddress.ip_network(n) if isinstance(n, str) else n for n in v)
+        return v
+
 
 class IngestSettings(_Section):
     open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on opening a source.")
@@ -204,6 +232,36 @@ class IngestSettings(_Section):
     subscriber_queue: int = Field(16, ge=1, le=1024, description="Events buffered per SSE subscriber (oldest dropped).")
     send_timeout_s: float = Field(10.0, gt=0, le=300, description="An SSE subscriber that stops reading is dropped.")
     keepalive_s: float = Field(15.0, gt=0, le=60, description="SSE keep-alive comment interval.")
+    max_client_lag_s: float = Field(
+        8.0,
+        gt=0,
+        le=600,
+        description="An SSE subscriber that has not read what was sent this long ago is disconnected (checked "
+        "every second from its socket's TCP state, under python -m gateway).",
+    )
+    max_subscribers: int = Field(
+        2000, ge=1, le=1_000_000, description="SSE subscribers over all streams; one more gets 503 at once."
+    )
+
+
+class AdmissionSettings(_Section):
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="POST /predict requests processed at once; more wait in the admission queue.  Past the "
+        "machine's throughput, more concurrency only makes every request later.",
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        le=100_000,
+        description="Requests waiting for a slot; one more is refused at once with 503 overloaded and Retry-After.",
+    )
+    queue_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Longest wait in the queue; past it the request is refused (503 overloaded)."
+    )
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After header of an overloaded answer.")
 
 
 class ServerSettings(_Section):
@@ -219,6 +277,60 @@ class ServerSettings(_Section):
     )
 
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?", re.IGNORECASE)
+_API_KEY = re.compile(r"[\x21-\x7e]{16,512}")  # printable ASCII, no spaces: it travels in a header
+_KEY_LIST: TypeAdapter[tuple[str, ...]] = TypeAdapter(tuple[str, ...])
+
+
+class AuthSettings(_Section):
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="API keys (16-512 printable ASCII characters, no spaces) that POST /predict, the stream "
+        "routes and POST /auth/token demand, as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'; empty "
+        "turns authentication off.  In env or a secret file: a JSON list, or keys separated by commas or newlines.",
+    )
+    token_ttl_s: int = Field(
+        300, ge=10, le=86_400, description="Lifetime of an SSE token from POST /auth/token (the SSE routes' ?token=)."
+    )
+    token_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key (at least 32 characters) that signs SSE tokens; null derives one from "
+        "api_keys, so every replica with the same keys accepts the others' tokens.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        """A JSON list, or keys separated by commas or newlines (a secret file holding one plain key)."""
+        if not isinstance(v, str):
+            return v
+        if v.lstrip().startswith("["):
+            try:
+                return _KEY_LIST.validate_json(v)
+            except ValidationError:
+                raise ValueError("expected a JSON list of strings") from None  # its message would show the keys
+        return tuple(key.strip() for key in re.split(r"[,\n]", v) if key.strip())
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong(cls, v: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        bad = [i for i, key in enumerate(v) if not _API_KEY.fullmatch(key.get_secret_value())]
+        if bad:  # positions only: a key is never printed
+            raise ValueError(f"keys at positions {bad} are not 16-512 printable ASCII characters without spaces")
+        return v
+
+    @field_validator("token_secret")
+    @classmethod
+    def _long(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="APP_",
@@ -226,6 +338,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         validate_default=True,
+        hide_input_in_errors=True,  # a chained ValidationError never prints a key; _describe shows what is safe
     )
 
     model: str = Field(
@@ -252,7 +365,14 @@ class Settings(BaseSettings):
         description="Height frames are resized to after ingest (streams) and uploads to a detector are letterboxed to.",
     )
     frame_sample_fps: float = Field(2.0, ge=0.01, le=120, description="Frames per second sampled from each stream.")
-    cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS; empty disables CORS.")
+    cors_origins: tuple[str, ...] = Field(
+        (), description="Origins allowed by CORS, each scheme://host[:port] or '*'; empty disables CORS."
+    )
+    cors_allow_credentials: bool = Field(
+        False,
+        description="Let browsers send cookies or HTTP authentication cross-origin (Access-Control-Allow-"
+        "Credentials); refused with '*' in cors_origins.  API keys in headers do not need it.",
+    )
     rtsp_url: str | None = Field(None, description="The default stream (id 'default'), served by GET /stream.")
     streams: tuple[StreamConfig, ...] = Field((), description="Streams started with the gateway.")
     stream_policy: StreamPolicy = Field(
@@ -276,6 +396,30 @@ class Settings(BaseSettings):
         default_factory=PreprocessSettings, description="Classifier preprocessing and its worker threads."
     )
     server: ServerSettings = Field(default_factory=ServerSettings, description="Where the gateway listens.")
+    admission: AdmissionSettings = Field(
+        default_factory=AdmissionSettings,
+        description="Overload control of POST /predict: a bounded number in flight, a bounded queue, fast 503s beyond.",
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="API keys and SSE tokens; off while auth.api_keys is empty."
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [o for o in v if o != "*" and not _ORIGIN.fullmatch(o)]
+        if bad:
+            raise ValueError(f"origins are scheme://host[:port] (no path, no trailing slash) or '*': {bad}")
+        return tuple(o.lower() for o in v)  # browsers send scheme and host in lower case
+
+    @model_validator(mode="after")
+    def _no_credentials_for_everyone(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "cors_allow_credentials (APP_CORS_ALLOW_CREDENTIALS) cannot be true while cors_origins "
+                "(APP_CORS_ORIGINS) holds '*': list the origins that may send credentials"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_stream_ids(self) -> Settings:
@@ -322,6 +466,22 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether an error is about a secret: a ``SecretStr`` field, or anything in a section that
+    holds one (a misspelt key's value may be the key).  Its input is never shown."""
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields:
+            return False
+        if model is not Settings and any("SecretStr" in str(f.annotation) for f in fields.values()):
+            return True
+        if part not in fields:
+            return False
+        model = fields[part].annotation
+    return "SecretStr" in str(model)
+
+
 def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
@@ -331,7 +491,7 @@ def _describe(e: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"])
         env = "APP_" + "__".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or _secret(err["loc"]) else f" (got {value!r})"
         lines.append(f"  {field}: {err['msg']}{shown}  [YAML key {field!r} or env {env}]")
     return "\n".join(lines)
 

@@ -32,6 +32,13 @@ class BadImage(BadRequest):
     code = "bad_image"
 
 
+class Unauthorized(GatewayError):
+    """Authentication is on and no valid API key or SSE token came with the request."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     code = "unsupported_media_type"
@@ -58,6 +65,27 @@ class InferenceTimeout(InferenceUnavailable):
     """Triton did not answer within the deadline."""
 
     code = "inference_timeout"
+
+
+class ModelDegraded(InferenceUnavailable):
+    """A model instance crashed (Triton reports its stub unhealthy or restarting) and the one
+    retry failed too: the model is partly down until Triton restarts the instance."""
+
+    code = "model_degraded"
+
+
+class Overloaded(GatewayError):
+    """More POST /predict requests than the admission queue holds, or one waited too long for a slot."""
+
+    status = 503
+    code = "overloaded"
+
+
+class SubscriberLimit(GatewayError):
+    """``ingest.max_subscribers`` SSE subscribers are connected already."""
+
+    status = 503
+    code = "sse_limit"
 
 
 class InferenceFailed(GatewayError):

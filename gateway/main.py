@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,10 +13,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
-from gateway.api import errors, openapi
+from gateway.api import draining, errors, openapi
+from gateway.api.admission import Admission
+from gateway.api.auth import API_KEY_HEADER, REDACT_TOKENS, Authenticator
+from gateway.api.routes import auth as auth_routes
 from gateway.api.routes import health, predict
 from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
+from gateway.api.sse_guard import SseGuard
 from gateway.api.timing import PredictTimer
 from gateway.capture import Capturer, CaptureStats
 from gateway.config import Settings, load_settings
@@ -45,6 +50,7 @@ def _operation_id(route: APIRoute) -> str:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CORS_HEADERS = ["Authorization", API_KEY_HEADER, "Content-Type", "Last-Event-ID"]  # every header the API reads
 
 
 def _default_logging(level: str) -> None:
@@ -68,20 +74,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Created in order, stopped in reverse.
         executor = ThreadPoolExecutor(settings.preprocess.workers, thread_name_prefix="preprocess")
-        client = TritonClient(settings.triton)
+        client = TritonClient(settings.triton, on_retry=lambda m, why: metrics.inference_retries.labels(m, why).inc())
         await client.start()
         catalog = ModelCatalog(settings, client)
         predictor = Predictor(settings, client, catalog, executor)
         capturer = Capturer(settings.capture)
         streams = StreamManager(settings, predictor, metrics, capturer)
+        guard = SseGuard(metrics, settings.ingest.max_client_lag_s)
+        app.state.sse_guard = guard
         app.state.triton, app.state.catalog, app.state.predictor = client, catalog, predictor
         app.state.streams, app.state.capturer = streams, capturer
+        drain: asyncio.Task[None] | None = None
         try:
             await catalog.warm(settings.model, settings.triton.startup_timeout_s)
             capturer.start()
             await streams.start()
+            guard.start()
+            drain = asyncio.create_task(draining.watch(streams.drain), name="drain-on-exit")
             yield
         finally:
+            if drain is not None:
+                drain.cancel()
+            await guard.stop()
             await streams.stop()
             capturer.stop()
             await client.stop()
@@ -96,21 +110,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
+    app.state.auth = Authenticator(settings.auth)  # pure, so it exists before the lifespan
+    logging.getLogger("uvicorn.access").addFilter(REDACT_TOKENS)
     # A passive registry, so it exists before the lifespan; it reads the streams at scrape time.
     metrics = Metrics(lambda: _stream_rows(app), lambda: _capture_stats(app))
     app.state.metrics = metrics
-    app.add_middleware(PredictTimer, metrics=metrics)
+    app.add_middleware(Admission, settings=settings.admission, metrics=metrics)
+    app.add_middleware(PredictTimer, metrics=metrics)  # outermost: refused requests are timed too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["*"],
+            allow_headers=CORS_HEADERS,
+            allow_credentials=settings.cors_allow_credentials,
         )
     errors.install(app, retry_after_s=settings.triton.retry_after_s)
     openapi.install(app, settings)
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(auth_routes.router)
     app.include_router(stream_routes.router)
     app.include_router(metrics_routes.router)
     return app

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -153,9 +153,35 @@ class Metrics:
         )
         self.inference_errors = Counter(
             f"{PREFIX}_inference_errors",
-            "Failed stream inferences by kind: triton (unavailable or failed), timeout, internal.",
+            "Failed stream inferences by kind: triton (unavailable or failed), timeout, crashed_instance "
+            "(a model instance crashed, the retry too), internal.",
             ["stream", "model", "kind"],
             registry=r,
+        )
+        self.inference_retries = Counter(
+            f"{PREFIX}_inference_retries",
+            "Inferences sent a second time, by reason: crashed_instance (a stub died), retired_version.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors",
+            "Error answers of the API by error code (bad_image, model_degraded, overloaded, ...).",
+            ["code"],
+            registry=r,
+        )
+        self.sse_dropped = Counter(
+            f"{PREFIX}_sse_dropped",
+            "SSE subscribers the gateway disconnected, by reason: frozen (stopped reading), limit (refused, "
+            "ingest.max_subscribers).",
+            ["reason"],
+            registry=r,
+        )
+        self.predict_in_flight = Gauge(
+            f"{PREFIX}_predict_in_flight", "POST /predict requests being processed (admission control).", registry=r
+        )
+        self.predict_queued = Gauge(
+            f"{PREFIX}_predict_queued", "POST /predict requests waiting for a slot (admission control).", registry=r
         )
         self.predict_seconds = Histogram(
             f"{PREFIX}_predict_request_seconds",

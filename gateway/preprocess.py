@@ -41,6 +41,29 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def webp_size(head: bytes) -> tuple[int, int] | None:
+    """The canvas a WebP file declares (VP8X, lossy VP8 or lossless VP8L), from its first 30
+    bytes, or None where they do not say.  libwebp's decoder allocates the canvas (twice, for
+    animations) when Pillow's ``Image.open`` creates it, before any size check of ours could
+    run, so WebP sizes are checked on these bytes first."""
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if max(width, height) > MAX_SIDE:
+        raise PayloadTooLarge(f"the image is {width}x{height} pixels; sides are limited to {MAX_SIDE}")
+
+
 def _other_image(head: bytes) -> bool:
     return head.startswith(_OTHER_IMAGES) or head[4:8] == b"ftyp"  # GIF, BMP, TIFF, ICO, PSD, HEIC/AVIF
 
@@ -56,21 +79,24 @@ def decode_image(data: bytes, *, allowed: tuple[str, ...], max_pixels: int) -> I
         raise BadImage("the upload is not an image (unrecognised content)")
     if kind not in allowed:
         raise UnsupportedMediaType(f"{kind} is not accepted; send one of {', '.join(allowed)}")
+    declared = webp_size(data[:30]) if kind == "image/webp" else None
+    if declared is not None:
+        _check_size(*declared, max_pixels)  # before Image.open, which allocates a WebP's canvas
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-            if max(width, height) > MAX_SIDE:
-                raise PayloadTooLarge(f"the image is {width}x{height} pixels; sides are limited to {MAX_SIDE}")
+            _check_size(*opened.size, max_pixels)  # from the header (PNG's IHDR, JPEG's SOF): nothing decoded yet
             opened.load()  # truncated or corrupt data fails here
             ImageOps.exif_transpose(opened, in_place=True)  # as the camera held it; no copy without EXIF
             return opened if opened.mode == "RGB" else opened.convert("RGB")
     except (PayloadTooLarge, BadImage):
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own check in Image.open, from the header (a PNG's IHDR, a JPEG's SOF), for
+        # sizes past its MAX_IMAGE_PIXELS: too large, as with ours, not corrupt
+        raise PayloadTooLarge(f"the image is larger than the limit of {max_pixels} pixels: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"the {kind} image could not be decoded (truncated or corrupt): {e}") from e
 
 

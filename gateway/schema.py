@@ -130,6 +130,7 @@ class DetectionEvent(_StreamFrame, DetectionResult):
 
 
 PredictionEvent: TypeAlias = Annotated[ClassificationEvent | DetectionEvent, Field(discriminator="task")]
+TritonState: TypeAlias = Literal["available", "unavailable", "degraded"]
 
 
 class StatusEvent(Contract):
@@ -138,9 +139,16 @@ class StatusEvent(Contract):
 
     stream: str = Field(pattern=STREAM_ID_PATTERN, description="Stream id.")
     state: StreamState = Field(description="The source's state.")
-    reason: str = Field(max_length=4096, description="Why, when there is a reason (empty otherwise).")
+    reason: str = Field(
+        max_length=4096,
+        description="Why, when there is a reason (empty otherwise).  `shutting_down`: the gateway is stopping; "
+        "this is the response's last event (reconnect, to another replica if there is one).",
+    )
     at: float = Field(ge=0, le=MAX_TIME, description="When, Unix seconds.")
-    triton: Literal["available", "unavailable"] = Field(description="Whether the stream's inferences succeed.")
+    triton: TritonState = Field(
+        description="Whether the stream's inferences succeed: unavailable (Triton down, frozen or timing out), "
+        "degraded (a model instance crashed and the retry failed too)."
+    )
 
 
 StreamEvent: TypeAlias = PredictionEvent | StatusEvent
@@ -242,7 +250,7 @@ class StreamInfo(Contract):
     transitions: dict[StreamState, Annotated[int, Field(ge=0, le=MAX_COUNT)]] = Field(
         description="State changes of the source, by the state entered."
     )
-    triton: Literal["available", "unavailable"]
+    triton: TritonState
 
 
 class StreamHealth(Contract):
@@ -262,6 +270,19 @@ class StreamCreate(Contract):
     height: int | None = Field(None, ge=16, le=4320, description="Frame height after ingest (default: frame_height).")
     model: str | None = Field(
         None, pattern=MODEL_NAME_PATTERN, description="Triton model for this stream (default: model)."
+    )
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+
+class SseToken(Contract):
+    """A short-lived token for ``?token=`` on the SSE routes, which ``EventSource`` cannot send headers to."""
+
+    token: str = Field(min_length=1, max_length=256, description="Signed; send it as ?token= on an SSE route.")
+    expires_at: int = Field(ge=0, le=int(MAX_TIME), description="Unix seconds: refused from then on.")
+    stream: str | None = Field(
+        None, pattern=STREAM_ID_PATTERN, description="The one stream whose events it opens; null: every stream."
     )
 
 
@@ -293,7 +314,8 @@ class Components(Contract):
 
 
 class Readiness(Contract):
-    ready: bool = Field(description="Triton and every configured model are ready.")
+    ready: bool = Field(description="Triton and every configured model are ready, and the gateway is not stopping.")
+    shutting_down: bool = Field(False, description="The gateway was asked to stop (SIGTERM): it drains, then exits.")
     components: Components
 
 

@@ -14,6 +14,7 @@ from harness.helpers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+TEST_API_KEY = "test-gateway-api-key-0123456789"  # compose requires GATEWAY_API_KEY; the tests give it this
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -39,8 +40,8 @@ def variables(text: str) -> set[str]:
 
 
 def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """docker-compose.yml, interpolated with ``env`` (and the required admin key)."""
-    env = {"TRITON_ADMIN_KEY": "test-admin-key", **(env or {})}
+    """docker-compose.yml, interpolated with ``env`` (and the required admin and API keys)."""
+    env = {"TRITON_ADMIN_KEY": "test-admin-key", "GATEWAY_API_KEY": TEST_API_KEY, **(env or {})}
     doc: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), env))
     return doc
 

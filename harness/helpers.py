@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -173,12 +174,19 @@ def gateway(env: dict[str, str], log_path: Path, **kw: Any) -> Iterator[GatewayP
 # --- the gateway's API ---------------------------------------------------------------------------
 
 
-def stream_info(gw: GatewayProcess | str, sid: str) -> dict[str, Any]:
-    """One stream's row of ``GET /streams``."""
+def stream_info(gw: GatewayProcess | str, sid: str, *, key: str | None = None) -> dict[str, Any]:
+    """One stream's row of ``GET /streams`` (sending the API key ``key``, for a gateway with auth on)."""
     base = gw if isinstance(gw, str) else gw.url
-    found: list[dict[str, Any]] = [s for s in httpx.get(f"{base}/streams", timeout=10).json() if s["id"] == sid]
+    r = httpx.get(f"{base}/streams", headers=api_key(key), timeout=10)
+    assert r.status_code == 200, f"GET /streams: {r.status_code} {r.text[:200]}"
+    found: list[dict[str, Any]] = [s for s in r.json() if s["id"] == sid]
     assert found, f"no stream {sid}"
     return found[0]
+
+
+def api_key(key: str | None) -> dict[str, str]:
+    """The headers that send API key ``key`` (none for None)."""
+    return {} if key is None else {"X-API-Key": key}
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -282,6 +290,39 @@ async def read_sse(
     finally:
         writer.close()
     return out
+
+
+class SseRecorder:
+    """One SSE subscriber on a background thread: ``events`` fill in as they arrive until
+    ``close()`` (or ``seconds``); ``response`` is the finished ``SseResponse``."""
+
+    def __init__(self, url: str, seconds: float = 600, headers: dict[str, str] | None = None) -> None:
+        self.events: list[SseEvent] = []
+        self.response: SseResponse | None = None
+        self._done = threading.Event()
+
+        def run() -> None:
+            self.response = asyncio.run(
+                read_sse(url, seconds, on_event=self.events.append, until=self._done.is_set, headers=headers)
+            )
+
+        self._thread = threading.Thread(target=run, name="sse-recorder", daemon=True)
+        self._thread.start()
+
+    def of(self, kind: str, after: float = 0.0) -> list[SseEvent]:
+        return [e for e in list(self.events) if e.type == kind and e.received > after]
+
+    def close(self, timeout: float = 30) -> SseResponse:
+        self._done.set()
+        self._thread.join(timeout)
+        assert self.response is not None, "the SSE reader did not finish"
+        return self.response
+
+    def __enter__(self) -> SseRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
 
 
 class _SseParser:

@@ -51,6 +51,28 @@ resource "aws_lb_listener" "https" {
   }
 }
 
+# /metrics (Prometheus, no key by design) and /health/stream (probes; names every stream) stay
+# inside the VPC: the public listener answers them with a fixed 404 before forwarding anything.
+resource "aws_lb_listener_rule" "private_paths" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 10
+
+  action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = "application/json"
+      message_body = jsonencode({ error = { code = "not_found", message = "not served on the public endpoint" } })
+      status_code  = "404"
+    }
+  }
+
+  condition {
+    path_pattern {
+      values = ["/metrics", "/health/stream"]
+    }
+  }
+}
+
 resource "aws_lb_listener" "http_redirect" {
   load_balancer_arn = aws_lb.main.arn
   port              = 80

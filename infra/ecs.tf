@@ -279,7 +279,10 @@ resource "aws_ecs_task_definition" "gateway" {
       { name = "APP_CAPTURE__S3__PREFIX", value = var.capture_prefix },
       { name = "APP_CAPTURE__S3__REGION", value = var.region },
     ]
-    secrets     = [{ name = "APP_STREAMS", valueFrom = aws_secretsmanager_secret.streams.arn }]
+    secrets = [
+      { name = "APP_STREAMS", valueFrom = aws_secretsmanager_secret.streams.arn },
+      { name = "APP_AUTH__API_KEYS", valueFrom = aws_secretsmanager_secret.gateway_api_keys.arn },
+    ]
     mountPoints = [{ sourceVolume = "captures", containerPath = "/var/lib/stream-ml/captures", readOnly = false }]
     healthCheck = {
       command     = ["CMD", "python", "-m", "gateway.healthcheck", "/health"]

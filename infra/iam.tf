@@ -1,5 +1,5 @@
 # Least privilege: the gateway may put objects under the capture prefix; Triton may read the model
-# prefix; the task execution role may read these two secrets.  Nothing else.
+# prefix; the task execution role may read the secrets it injects.  Nothing else.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -30,9 +30,13 @@ resource "aws_iam_role_policy_attachment" "execution" {
 
 data "aws_iam_policy_document" "execution_secrets" {
   statement {
-    sid       = "ReadTheInjectedSecrets"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.streams.arn, aws_secretsmanager_secret.triton_admin_key.arn]
+    sid     = "ReadTheInjectedSecrets"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_secretsmanager_secret.streams.arn,
+      aws_secretsmanager_secret.triton_admin_key.arn,
+      aws_secretsmanager_secret.gateway_api_keys.arn,
+    ]
   }
   statement {
     sid       = "DecryptThem"

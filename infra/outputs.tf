@@ -23,6 +23,11 @@ output "triton_admin_key_secret_arn" {
   value       = aws_secretsmanager_secret.triton_admin_key.arn
 }
 
+output "gateway_api_keys_secret_arn" {
+  description = "The gateway's API keys (JSON list): clients send one as Authorization: Bearer or X-API-Key."
+  value       = aws_secretsmanager_secret.gateway_api_keys.arn
+}
+
 output "cluster" {
   description = "The ECS cluster."
   value       = aws_ecs_cluster.main.name

@@ -37,3 +37,23 @@ resource "aws_secretsmanager_secret_version" "triton_admin_key" {
   secret_id     = aws_secretsmanager_secret.triton_admin_key.id
   secret_string = random_password.triton_admin_key.result
 }
+
+# The gateway's API keys (APP_AUTH__API_KEYS, a JSON list): authentication is on.  One key,
+# generated; clients get it from this secret (infra/README.md).
+resource "random_password" "gateway_api_key" {
+  length  = 48
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "gateway_api_keys" {
+  #checkov:skip=CKV2_AWS_57:A new key must reach the clients first; replace it with terraform apply -replace=random_password.gateway_api_key
+  name                    = "${var.name}/gateway-api-keys"
+  description             = "The gateway's API keys (APP_AUTH__API_KEYS): a JSON list"
+  kms_key_id              = aws_kms_key.main.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "gateway_api_keys" {
+  secret_id     = aws_secretsmanager_secret.gateway_api_keys.id
+  secret_string = jsonencode([random_password.gateway_api_key.result])
+}

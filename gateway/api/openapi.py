@@ -7,6 +7,10 @@
   valid is what the gateway accepts.
 - Links from ``POST /streams`` to the operations on the stream it created, for
   clients and for stateful testing.
+- Authentication only where it is on: FastAPI declares the security schemes of
+  ``gateway.api.auth`` (the key as a bearer token or in ``X-API-Key``; ``?token=`` on the
+  SSE routes) on the operations that read them; without ``auth.api_keys`` nothing is
+  demanded, so nothing is declared.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
             "description": "Remove the stream just created.",
         },
     }
+    if not settings.auth.enabled:
+        doc["components"].pop("securitySchemes", None)
+        for operations in doc["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
     return doc
 
 

@@ -9,6 +9,13 @@ Accepted bodies: ``multipart/form-data`` with an ``image`` file field (and small
 text fields such as ``top_k``), or a raw ``image/*`` or ``application/octet-stream``
 body (what many HTTP clients and generated API clients send for bytes).  The
 declared type is never trusted: the decoder sniffs the bytes.
+
+Every bound holds while the body streams in, never after it: the body's size
+(413), a text field's size, the number of parts, and each part's headers (their
+count and the length of each line, enforced by python-multipart's parser) are
+400 as soon as they are exceeded.  This module uses python-multipart's low-level
+``MultipartParser``, whose API 0.0.x releases have changed: pyproject.toml bounds
+the version.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from gateway.parsing import ascii_digits
 IMAGE_FIELD = "image"
 OCTET_STREAM = "application/octet-stream"
 MAX_FIELD_BYTES = 1024
+MAX_PARTS = 16  # the image and a few small fields; a form of thousands of empty parts costs CPU, not bytes
+MAX_PART_HEADERS = 8  # Content-Disposition, Content-Type and a few more
+MAX_HEADER_LINE = 2048  # one header line of a part (a long file name fits)
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and small fields around the image
 
 
@@ -50,8 +60,12 @@ class _MultipartCollector:
         self._name: str | None = None
         self._is_image = False
         self._buf = bytearray()
+        self.parts = 0
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise BadRequest(f"the form has more than {MAX_PARTS} parts")
         self._headers = {}
         self._buf = bytearray()
         self._name = None
@@ -122,7 +136,12 @@ async def _read_raw(request: Request, max_bytes: int) -> Upload:
 
 async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> Upload:
     collector = _MultipartCollector(max_bytes)
-    parser = MultipartParser(boundary, callbacks=_callbacks(collector))  # type: ignore[arg-type]
+    parser = MultipartParser(
+        boundary,
+        callbacks=_callbacks(collector),  # type: ignore[arg-type]
+        max_header_count=MAX_PART_HEADERS,
+        max_header_size=MAX_HEADER_LINE,
+    )
     received = 0
     try:
         async for chunk in request.stream():

@@ -17,6 +17,10 @@ through the same read.  Every Triton answer names the version that computed it;
 
 ``invalidate`` drops an entry Triton refused to serve with (a new version may
 expect another input), so the next request reads the facts again.
+
+The catalog also knows which models are **degraded**: an inference met a crashed
+instance twice (``ModelDegraded``).  Readiness reports such a model as not ready
+until an inference on it succeeds again.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class ModelCatalog:
         self._client = client
         self._models: dict[str, ModelInfo] = {}
         self._loading: dict[str, asyncio.Future[ModelInfo]] = {}
+        self._degraded: dict[str, str] = {}  # model -> why
 
     async def warm(self, name: str, timeout: float) -> bool:
         """At start-up: wait (bounded) for Triton and the model, then read its facts.
@@ -84,6 +89,19 @@ class ModelCatalog:
         """Read the facts now, through the shared read (readiness reports the version being
         served even while no inference runs)."""
         return await self.get(name, stale=self._models.get(name))
+
+    def degraded(self, name: str) -> str | None:
+        """Why ``name`` is degraded, or None while its inferences succeed."""
+        return self._degraded.get(name)
+
+    def mark_degraded(self, name: str, reason: str) -> None:
+        if name not in self._degraded:
+            log.warning("model %s degraded: %s", name, reason)
+        self._degraded[name] = reason
+
+    def mark_healthy(self, name: str) -> None:
+        if self._degraded.pop(name, None) is not None:
+            log.warning("model %s recovered: an inference succeeded", name)
 
     def invalidate(self, info: ModelInfo) -> None:
         """Forget ``info`` if it is still the cached entry (a newer read is kept)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,7 +21,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from gateway.config import TritonSettings
-from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelNotFound
+from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelDegraded, ModelNotFound
 from gateway.inference.model import DATATYPES, Detections, ModelInfo
 from gateway.schema import ClassScore
 
@@ -31,14 +32,19 @@ PROBABILITIES = "probabilities"
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 LABELS_PARAMETER = "class_labels"  # written into the detector's config by `python -m export`
 RETIRED_VERSION = "is not at ready state"  # Triton's words for a version being unloaded
+# Triton's words for a crashed model instance: the python backend's stub died or is being restarted
+# ("Stub process 'm_0_1' is not healthy.", "Failed to restart the stub process", ...).
+CRASHED_INSTANCE = re.compile(r"stub process .* is not healthy|restart(ing)? the stub|stub .*(crash|restart)", re.I)
+RetryHook = Callable[[str, str], None]  # (model, reason): counted by the caller
 
 
 class TritonClient:
     """One gRPC channel to Triton, created in the lifespan and closed in reverse order."""
 
-    def __init__(self, settings: TritonSettings) -> None:
+    def __init__(self, settings: TritonSettings, on_retry: RetryHook | None = None) -> None:
         self._settings = settings
         self._client: grpcaio.InferenceServerClient | None = None
+        self._on_retry = on_retry or (lambda model, reason: None)
 
     async def start(self) -> None:
         if self._client is not None:
@@ -82,23 +88,44 @@ class TritonClient:
         except InferenceServerException as e:
             raise _translate(e, what) from e
 
-    async def _infer(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
-        """One inference, retried once when it met a version being retired.
+    async def _infer(self, name: str, inputs: list[Any], outputs: list[Any], instances: int = 1) -> Any:
+        """One inference, sent again when it met a transient refusal:
 
-        While Triton swaps model versions (explicit load of a new version), a request
-        routed to the old version just as it is unloaded is refused with UNAVAILABLE
-        "version N is not at ready state" before it ran (seen once in ~5 switches at
-        ~500 requests/s).  Sending it again reaches the new version; nothing else is
-        retried here."""
+        - a version being retired: while Triton swaps model versions (explicit load of a
+          new version), a request routed to the old version just as it is unloaded is
+          refused with UNAVAILABLE "version N is not at ready state" before it ran (seen
+          once in ~5 switches at ~500 requests/s); sent again, it reaches the new version;
+        - a crashed instance: Triton answers INTERNAL "Stub process ... is not healthy"
+          for every request its scheduler gives the dead instance until it restarts it
+          (tens of seconds).  The request is sent again up to once per other instance
+          (``instances`` - 1 times, at least once): Triton's scheduler spreads requests
+          over the instances, so a retry lands on a healthy one even when other clients'
+          requests take turns in between (one retry alone lost 1 request in 40 with a
+          stream running beside).  If every attempt meets a crash, the model is degraded
+          (``ModelDegraded``, 503).
+
+        Nothing else is retried, and each retry is reported to ``on_retry``."""
         t = self._settings.request_timeout_s
         what = f"inference on {name}"
-        try:
-            return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
-        except InferenceUnavailable as e:
-            if RETIRED_VERSION not in str(e) or isinstance(e, InferenceTimeout):
-                raise
-            log.info("%s met a retired version (%s); sending it again", what, e)
-        return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
+        crash_retries = max(1, instances - 1)
+        retired = False
+        while True:
+            try:
+                return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
+            except InferenceUnavailable as e:
+                if retired or RETIRED_VERSION not in str(e) or isinstance(e, InferenceTimeout):
+                    raise
+                retired = True
+                log.info("%s met a retired version (%s); sending it again", what, e)
+                self._on_retry(name, "retired_version")
+            except InferenceFailed as e:
+                if not CRASHED_INSTANCE.search(e.message):
+                    raise
+                if crash_retries == 0:
+                    raise ModelDegraded(f"model {name} is degraded: an instance crashed ({e.message})") from e
+                crash_retries -= 1
+                log.warning("%s met a crashed instance (%s); sending it again", what, e.message)
+                self._on_retry(name, "crashed_instance")
 
     async def server_ready(self) -> bool:
         t = self._settings.health_timeout_s
@@ -162,6 +189,7 @@ class TritonClient:
             for g in cfg.instance_group
         )
         detector = all(n in outputs for n in DETECTION_OUTPUTS)
+        instance_count = max(1, sum(int(g.count) or 1 for g in cfg.instance_group))
         if (
             len(shape) != 3
             or shape[0] != 3
@@ -179,6 +207,7 @@ class TritonClient:
             "input_shape": (shape[0], shape[1], shape[2]),
             "max_batch_size": int(cfg.max_batch_size),
             "instance_kinds": kinds,
+            "instance_count": instance_count,
         }
         if detector:
             param = cfg.parameters.get(LABELS_PARAMETER)
@@ -210,7 +239,7 @@ class TritonClient:
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         out = grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)
-        result = await self._infer(info.name, [inp], [out])
+        result = await self._infer(info.name, [inp], [out], info.instance_count)
         rows = result.as_numpy(info.output_name)
         if rows is None:
             raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
@@ -223,7 +252,7 @@ class TritonClient:
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         inp.set_data_from_numpy(batch)
         outs = [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
-        result = await self._infer(info.name, [inp], outs)
+        result = await self._infer(info.name, [inp], outs, info.instance_count)
         arrays = [result.as_numpy(n) for n in DETECTION_OUTPUTS]
         if any(a is None for a in arrays):
             raise InferenceFailed(f"Triton returned no detections for {info.name}")

@@ -30,6 +30,7 @@ class ModelInfo:
     max_batch_size: int
     instance_kinds: tuple[str, ...]
     class_names: tuple[str, ...] = ()  # detectors: label index -> name
+    instance_count: int = 1  # model instances Triton runs (every instance group's count)
 
     @property
     def input_dtype(self) -> type[np.generic]:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from gateway.config import Settings
-from gateway.errors import BadRequest, InferenceFailed
+from gateway.errors import BadRequest, InferenceFailed, ModelDegraded
 from gateway.inference import postprocess
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
@@ -102,6 +102,16 @@ class Predictor:
         result, inference_ms = await self._infer(info, batch, geometry, k, self.options())
         return Outcome(result, 0.0, preprocess_ms, inference_ms)
 
+    async def probe(self, name: str) -> None:
+        """One inference on a blank input of the model's shape (readiness of a degraded model:
+        clears the mark when it succeeds, raises as an inference would when it does not)."""
+        info = await self._catalog.get(name)
+        _, height, width = info.input_shape
+        if height <= 0 or width <= 0:  # a detector of any size: the stream frame size
+            height, width = self._settings.frame_height, self._settings.frame_width
+        batch = np.zeros((1, 3, height, width), dtype=info.input_dtype)
+        await self._infer(info, batch, Geometry(1.0, 1.0, width, height), 1, self.options())
+
     # --- worker-thread steps -----------------------------------------------------------------
 
     def _decode(self, data: bytes) -> Image.Image:
@@ -128,13 +138,18 @@ class Predictor:
             if info.task == "detection":
                 found, version = await self._client.detect(info, batch)
                 ms = (time.perf_counter() - t0) * 1000
+                self._catalog.mark_healthy(info.name)
                 info = await self._catalog.served_by(info, version)
                 person = self._settings.detector.person_class
                 return postprocess.detection(info, found[0], geometry, options, person), ms
             classes, version = await self._client.classify(info, batch, top_k)
             ms = (time.perf_counter() - t0) * 1000
+            self._catalog.mark_healthy(info.name)
             info = await self._catalog.served_by(info, version)
             return postprocess.classification(info, classes[0], geometry), ms
+        except ModelDegraded as e:
+            self._catalog.mark_degraded(info.name, e.message)
+            raise
         except InferenceFailed:
             # Triton refused the request (a new version may expect another input): read the facts again.
             self._catalog.invalidate(info)

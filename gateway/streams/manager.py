@@ -34,6 +34,7 @@ class StreamManager:
         self._workers: dict[str, StreamWorker] = {}
         self._watchdog = Watchdog()
         self.configured = [s.id for s in settings.all_streams()]
+        self.draining = False  # set by drain(): readiness is 503 from then on
 
     @property
     def default_id(self) -> str | None:
@@ -49,6 +50,12 @@ class StreamManager:
             await self.remove(sid)
         self._watchdog.stop()
 
+    def drain(self) -> None:
+        """Shutdown has begun: end every subscriber's response with a final status event."""
+        self.draining = True
+        for worker in self._workers.values():
+            worker.drain()
+
     def get(self, sid: str) -> StreamWorker:
         worker = self._workers.get(sid)
         if worker is None:
@@ -60,7 +67,7 @@ class StreamManager:
 
     async def create(self, stream: StreamCreate) -> StreamWorker:
         """A stream added at runtime (``POST /streams``): checked against ``stream_policy``."""
-        policy.check(stream, self._settings.stream_policy)
+        await policy.check(stream, self._settings.stream_policy)
         if stream.id in self._workers:
             raise StreamConflict(f"stream {stream.id!r} already exists")
         limit = self._settings.stream_policy.max_streams

@@ -15,18 +15,18 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
-from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable
+from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable, ModelDegraded
 from gateway.fanout import Broadcaster
 from gateway.inference.predictor import Predictor
 from gateway.ingest import Frame, ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
 from gateway.metrics import EmfWindow, Metrics, emf_logger
-from gateway.schema import Latency, StatusEvent, StreamInfo, prediction_event
+from gateway.schema import Latency, StatusEvent, StreamInfo, TritonState, prediction_event
 
 log = logging.getLogger(__name__)
+SHUTTING_DOWN = "shutting_down"  # the reason of the last status event when the gateway stops
 
 
 @dataclass
@@ -68,7 +68,7 @@ class StreamWorker:
         self._emf = EmfWindow(self.id, self.model, settings.metrics) if settings.metrics.emf else None
         self._emf_log = emf_logger()
         self._wake = asyncio.Event()
-        self._triton_ok = True
+        self._triton: TritonState = "available"
         self._reader: StreamReader | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -78,8 +78,8 @@ class StreamWorker:
         return self._reader
 
     @property
-    def triton(self) -> Literal["available", "unavailable"]:
-        return "available" if self._triton_ok else "unavailable"
+    def triton(self) -> TritonState:
+        return self._triton
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -108,10 +108,24 @@ class StreamWorker:
             self._status(StreamState.STOPPED, "stream removed")
             self.broadcaster.close()
 
+    def drain(self) -> None:
+        """The gateway is shutting down: every subscriber gets a last ``status`` event
+        (reason ``shutting_down``) and then the end of its response.  The stream itself keeps
+        running until ``stop()``."""
+        if not self.broadcaster.closed:
+            self._status(StreamState.STOPPED, SHUTTING_DOWN)
+            self.broadcaster.close()
+
     def _status(self, state: StreamState, reason: str) -> None:
         self.broadcaster.publish(
             StatusEvent(stream=self.id, state=state, reason=reason, at=time.time(), triton=self.triton)
         )
+
+    def _set_triton(self, state: TritonState, reason: str) -> None:
+        """A change of the stream's inference health is a ``status`` event (once per change)."""
+        if state != self._triton:
+            self._triton = state
+            self._status(self.reader.state, reason)
 
     def _on_state(self, change: StateChange) -> None:
         self._status(change.new, change.reason)
@@ -132,11 +146,10 @@ class StreamWorker:
         self.counters.inferences += 1
         try:
             out = await self._predictor.predict_frame(frame.image, source_size=frame.source_size, model=self.model)
-        except InferenceUnavailable as e:  # also InferenceTimeout
-            self._failed("timeout" if isinstance(e, InferenceTimeout) else "triton")
-            if self._triton_ok:
-                self._triton_ok = False
-                self._status(self.reader.state, e.message)
+        except InferenceUnavailable as e:  # also InferenceTimeout, ModelDegraded
+            degraded = isinstance(e, ModelDegraded)
+            self._failed("timeout" if isinstance(e, InferenceTimeout) else "crashed_instance" if degraded else "triton")
+            self._set_triton("degraded" if degraded else "unavailable", e.message)
             return
         except GatewayError as e:
             self._failed("triton")
@@ -146,9 +159,7 @@ class StreamWorker:
             self._failed("internal")
             log.exception("stream %s: unexpected inference error", self.id)
             return
-        if not self._triton_ok:
-            self._triton_ok = True
-            self._status(self.reader.state, "inference resumed")
+        self._set_triton("available", "inference resumed")
         done = time.monotonic()
         self.counters.predictions += 1
         total_ms = (done - frame.captured_mono) * 1000

@@ -37,6 +37,8 @@ def gateway_proc(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactor
         "APP_TRITON__REQUEST_TIMEOUT_S": "10",
         "APP_UPLOAD__MAX_BYTES": str(2 * 1024 * 1024),
         "APP_CORS_ORIGINS": '["http://dashboard.test"]',
+        # loopback is an allowed host, but no allowed_networks: POST /streams must refuse it
+        "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
     }
     with gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as gw:
         yield gw

@@ -41,6 +41,7 @@ def contract_gateway(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFa
         "APP_TRITON__URL": triton.grpc_url,
         "APP_TRITON__REQUEST_TIMEOUT_S": "10",
         "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # loopback is refused unless allowed
         "APP_STREAM_POLICY__MAX_STREAMS": "8",
         "APP_INGEST__OPEN_TIMEOUT_S": "1",
         "APP_INGEST__BACKOFF_MAX_S": "5",

@@ -27,17 +27,19 @@ import pytest
 
 from embedded_triton import EmbeddedTriton, TritonPorts
 from harness.deploy import compose, dockerfile, env_example, exec_form, service_env
-from harness.helpers import ROOT, TRITON_VENV, GatewayProcess, free_port, stream_info, wait_until
+from harness.helpers import ROOT, TRITON_VENV, GatewayProcess, api_key, free_port, stream_info, wait_until
 from harness.peers.clips import write_clip
 
 pytestmark = pytest.mark.integration
 IMAGE_PYTHON = ROOT / "build" / "gateway-image" / "bin" / "python"
 ADMIN_KEY = "smoke-test-admin-key"
+API_KEY = "smoke-test-gateway-api-key"  # .env's GATEWAY_API_KEY: compose turns authentication on
+KEYS = {"TRITON_ADMIN_KEY": ADMIN_KEY, "GATEWAY_API_KEY": API_KEY}
 
 
 @pytest.fixture(scope="module")
 def doc() -> dict:  # type: ignore[type-arg]
-    return compose({**env_example(), "TRITON_ADMIN_KEY": ADMIN_KEY})
+    return compose({**env_example(), **KEYS})
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def test_the_gateway_runs_as_compose_starts_it(compose_gateway: tuple[GatewayPro
     gw, env = compose_gateway
     assert gw.proc is not None and gw.command is not None and gw.command[0] == str(IMAGE_PYTHON)
     # the compose healthcheck's command, in the gateway's environment
-    test = compose({**env_example(), "TRITON_ADMIN_KEY": ADMIN_KEY})["services"]["gateway"]["healthcheck"]["test"]
+    test = compose({**env_example(), **KEYS})["services"]["gateway"]["healthcheck"]["test"]
     assert test[0] == "CMD"
     done = subprocess.run(
         [str(IMAGE_PYTHON), *test[2:]], env=env, cwd=gw.cwd, capture_output=True, text=True, timeout=30, check=False
@@ -141,10 +143,16 @@ def test_the_gateway_runs_as_compose_starts_it(compose_gateway: tuple[GatewayPro
     ready = httpx.get(f"{gw.url}/health/ready").json()
     model = ready["components"]["models"]["mobilenet_v3_small"]
     assert ready["ready"] is True and "device is gpu" in model["warning"]
-    # the camera from the app_streams secret runs, and the demo camera's host is allowed
-    wait_until(lambda: stream_info(gw, "lobby")["predictions"] >= 2, 30, what="predictions from the secret's camera")
-    r = httpx.post(f"{gw.url}/streams", json={"id": "demo", "url": "rtsp://camera:8554/demo"})
-    assert r.status_code == 201, r.text
+    # the camera from the app_streams secret runs, and the demo camera's host is allowed: the policy
+    # goes on to resolve it, which only compose's network can (the address it gets there is within
+    # stream_policy.allowed_networks: tests/unit/test_deploy_compose.py)
+    wait_until(lambda: stream_info(gw, "lobby", key=API_KEY)["predictions"] >= 2, 30, what="the secret's camera")
+    # (authentication is on: the stream routes demand the key, and the demo's POST sends it)
+    assert httpx.get(f"{gw.url}/streams").status_code == 401
+    r = httpx.post(
+        f"{gw.url}/streams", json={"id": "demo", "url": "rtsp://camera:8554/demo"}, headers=api_key(API_KEY), timeout=10
+    )
+    assert r.status_code == 400 and "'camera'" in r.text and "resolve" in r.json()["error"]["message"], r.text
     # and the healthcheck fails where no gateway answers
     nobody = {**env, "APP_SERVER__PORT": str(free_port())}
     done = subprocess.run(
@@ -168,8 +176,8 @@ def test_the_dashboard_queries_metrics_that_exist(
     compose_gateway: tuple[GatewayProcess, dict[str, str]], compose_triton: EmbeddedTriton
 ) -> None:
     gw, _ = compose_gateway
-    wait_until(lambda: stream_info(gw, "lobby")["predictions"] >= 2, 30, what="predictions")
-    httpx.post(f"{gw.url}/predict", content=b"not an image", headers={"content-type": "image/jpeg"})
+    wait_until(lambda: stream_info(gw, "lobby", key=API_KEY)["predictions"] >= 2, 30, what="predictions")
+    httpx.post(f"{gw.url}/predict", content=b"not an image", headers={"content-type": "image/jpeg", **api_key(API_KEY)})
     exported = metric_names(httpx.get(f"{gw.url}/metrics").text) | metric_names(
         httpx.get(compose_triton.metrics_url).text
     )

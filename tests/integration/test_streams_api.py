@@ -47,6 +47,7 @@ def streams_gateway(
             [{"id": "clip", "url": str(loop_clip), "loop": True}, {"id": "once", "url": str(once_clip)}]
         ),
         "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # loopback is refused unless allowed
         "APP_INGEST__READ_TIMEOUT_S": "2",
         "APP_INGEST__OPEN_TIMEOUT_S": "2",
         "APP_INGEST__BACKOFF_INITIAL_S": "0.2",
@@ -116,6 +117,18 @@ def test_runtime_urls_outside_the_policy_are_refused(streams_gateway: GatewayPro
     r = httpx.post(f"{streams_gateway.url}/streams", json={"id": "intruder", "url": url})
     assert r.status_code == 400 and why in r.json()["error"]["message"], r.text
     assert "intruder" not in {s["id"] for s in httpx.get(f"{streams_gateway.url}/streams").json()}
+
+
+@pytest.mark.parametrize("url", ["rtsp://127.0.0.1:8554/cam", "rtsp://localhost:8554/cam"])
+def test_loopback_is_refused_without_allowed_networks(gateway_proc: GatewayProcess, url: str) -> None:
+    # given a gateway whose allowed_hosts lists 127.0.0.1 and localhost, and no allowed_networks
+    # when a stream on either is added
+    r = httpx.post(f"{gateway_proc.url}/streams", json={"id": "loop", "url": url})
+    # then the resolved address refuses it: the host list alone does not open loopback
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "stream_refused" and "loopback" in error["message"], error
+    assert "loop" not in {s["id"] for s in httpx.get(f"{gateway_proc.url}/streams").json()}
 
 
 def test_add_watch_and_remove_a_stream(streams_gateway: GatewayProcess, rtsp: RtspServer) -> None:

@@ -3,10 +3,8 @@ gateway, its streams and its SSE clients stay up; a spent restart budget ends th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.helpers import PYTHON, GatewayProcess, SseEvent, children, encode, free_port, read_sse, scene, wait_until
+from harness.helpers import PYTHON, GatewayProcess, SseRecorder, children, encode, free_port, scene, wait_until
 from harness.peers.rtsp import RtspServer
 from harness.results import record
 
@@ -74,17 +72,8 @@ def test_killed_triton_is_restarted_and_nobody_is_disconnected(exported_repo: Pa
     try:
         with supervised_stack(exported_repo, tmp_path, env, "--restart-backoff", "0.5") as gw:
             gateway_pid = only(children(gw.pid, "-m gateway"), "gateway process")
-            events: list[SseEvent] = []
-            done = threading.Event()
-            box: dict[str, object] = {}
-
-            def subscribe() -> None:
-                box["response"] = asyncio.run(
-                    read_sse(f"{gw.url}/stream", 240, on_event=events.append, until=done.is_set)
-                )
-
-            reader = threading.Thread(target=subscribe, daemon=True)
-            reader.start()
+            sub = SseRecorder(f"{gw.url}/stream")
+            events = sub.events
             wait_until(lambda: any(e.type == "prediction" for e in events), 60, what="first prediction")
 
             # when tritonserver is SIGKILLed mid-stream
@@ -105,13 +94,11 @@ def test_killed_triton_is_restarted_and_nobody_is_disconnected(exported_repo: Pa
             )
             resumed = min(e.received for e in events if e.type == "prediction" and e.received > back)
             wait_until(lambda: httpx.get(f"{gw.url}/health/ready").status_code == 200, 30, what="ready again")
-            done.set()
-            reader.join(30)
+            response = sub.close()
 
             # then the gateway never restarted, the SSE client stayed connected and was told
             assert children(gw.pid, "-m gateway") == [gateway_pid], "the gateway process was restarted"
-            response = box["response"]
-            assert not response.ended, "the SSE response ended during the outage"  # type: ignore[attr-defined]
+            assert not response.ended, "the SSE response ended during the outage"
             down = [e for e in events if e.type == "status" and e.data["triton"] == "unavailable"]
             assert down, "no status event said Triton was unavailable"
             status_after = down[0].received - killed

@@ -13,6 +13,7 @@ import pytest
 
 from embedded_triton import EmbeddedTriton
 from harness.helpers import GatewayProcess, encode, gateway, scene, wait_until
+from harness.results import record
 from tests.integration.conftest import new_triton
 
 pytestmark = pytest.mark.integration
@@ -131,9 +132,26 @@ def test_concurrent_requests_to_a_frozen_triton_each_answer_within_the_deadline(
 
             # when 8 requests arrive at once, then none queues behind another's deadline
             results = asyncio.run(burst())
+            # and liveness answers at once meanwhile
+            health = []
+            for _ in range(50):
+                t0 = time.monotonic()
+                assert httpx.get(f"{gw.url}/health", timeout=5).status_code == 200
+                health.append(time.monotonic() - t0)
         finally:
             os.kill(pid, signal.SIGCONT)
         assert all(status == 503 for status, _ in results), results
         worst = max(elapsed for _, elapsed in results)
         assert worst < DEADLINE_S + 1.5, f"slowest 503 took {worst:.2f}s; the deadline is {DEADLINE_S}s"
+        health.sort()
+        health_p99 = health[int(0.99 * (len(health) - 1))]
+        assert health_p99 < 0.05, f"/health p99 {health_p99 * 1000:.1f} ms while Triton hangs"
+        record(
+            "triton_hung",
+            deadline_s=DEADLINE_S,
+            requests=len(results),
+            answered_503=sum(status == 503 for status, _ in results),
+            slowest_503_s=round(worst, 2),
+            health_p99_ms=round(health_p99 * 1000, 1),
+        )
         wait_until(lambda: recovers(gw), 30, interval=0.5, what="predictions after SIGCONT")

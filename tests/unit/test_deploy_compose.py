@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,18 @@ from pydantic import BaseModel
 
 from gateway.config import Settings, StreamConfig, load_settings
 from gateway.main import create_app
-from harness.deploy import COMPOSE, ENV_EXAMPLE, compose, env_example, interpolate, seconds, service_env, variables
+from gateway.streams.policy import refusal
+from harness.deploy import (
+    COMPOSE,
+    ENV_EXAMPLE,
+    TEST_API_KEY,
+    compose,
+    env_example,
+    interpolate,
+    seconds,
+    service_env,
+    variables,
+)
 from harness.helpers import PYTHON, ROOT
 
 CHECK_JSONSCHEMA = str(Path(PYTHON).with_name("check-jsonschema"))
@@ -183,6 +195,11 @@ def test_demo_profile_adds_a_stream_the_policy_allows(doc: dict, monkeypatch: py
     url = body["url"]
     host = re.match(r"rtsp://([^:/]+)", url)
     assert host and host.group(1) in s.stream_policy.allowed_hosts and host.group(1) == "camera"
+    # the address compose's DNS gives the camera (Docker's default pools) is reachable; loopback is not
+    for compose_address in ("172.18.0.4", "172.31.0.2", "192.168.16.3"):
+        assert refusal([ip_address(compose_address)], s.stream_policy.allowed_networks) is None, compose_address
+    assert refusal([ip_address("127.0.0.1")], s.stream_policy.allowed_networks) is not None
+    assert refusal([ip_address("169.254.169.254")], s.stream_policy.allowed_networks) is not None
     assert doc["services"]["camera"]["profiles"] == ["demo"]
     mediamtx = yaml.safe_load((ROOT / "deploy" / "demo" / "mediamtx.yml").read_text())
     assert url.endswith("/" + next(iter(mediamtx["paths"]))) and ":8554/" in url
@@ -204,3 +221,18 @@ def test_compose_security_a_scanner_would_ask_for(doc: dict) -> None:  # type: i
     assert gateway["read_only"] is True and gateway["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in gateway["security_opt"]
     assert all(v.endswith(":ro") or not v.startswith("./") for v in gateway["volumes"]), "config mounted read-only"
+
+
+def test_authentication_is_on_and_its_key_cannot_be_forgotten(doc: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    # given compose's settings, then the gateway demands the key .env gives it
+    s = gateway_settings(monkeypatch, doc)
+    assert s.auth.enabled and [k.get_secret_value() for k in s.auth.api_keys] == [TEST_API_KEY]
+    assert "*" not in s.cors_origins and not s.cors_allow_credentials
+    # and compose refuses to start without one (an empty value too), as it does without the admin key
+    for missing in ({}, {"GATEWAY_API_KEY": ""}):
+        with pytest.raises(ValueError, match="GATEWAY_API_KEY"):
+            interpolate(COMPOSE.read_text(), {"TRITON_ADMIN_KEY": "k", **missing})
+    assert env_example()["GATEWAY_API_KEY"] == "", "the example holds no key anyone could reuse"
+    # and the demo profile's POST /streams sends it
+    command = doc["services"]["demo-stream"]["command"]
+    assert command[command.index(f"X-API-Key: {TEST_API_KEY}") - 1] == "-H", command

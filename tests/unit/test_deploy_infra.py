@@ -128,6 +128,19 @@ def test_the_load_balancer_keeps_event_streams_open(tf: dict) -> None:  # type: 
     assert tg["deregistration_delay"] >= local["graceful_s"]
 
 
+def test_unauthenticated_internals_are_not_public(tf: dict) -> None:  # type: ignore[type-arg]
+    # /metrics and /health/stream need no key (Prometheus, probes): the public listener refuses them
+    rule = tf["resource"]["aws_lb_listener_rule"]["private_paths"]
+    assert rule["listener_arn"] == "${aws_lb_listener.https.arn}"
+    assert (
+        rule["action"][0]["type"] == "fixed-response" and rule["action"][0]["fixed_response"][0]["status_code"] == "404"
+    )
+    paths = rule["condition"][0]["path_pattern"][0]["values"]
+    assert set(paths) == {"/metrics", "/health/stream"}
+    tg = tf["resource"]["aws_lb_target_group"]["gateway"]
+    assert tg["health_check"][0]["path"] not in paths, "the target group's own health check must still pass"
+
+
 def test_triton_gets_a_gpu_and_the_same_lock_down_as_compose(tf: dict) -> None:  # type: ignore[type-arg]
     triton = task(tf, "triton")
     assert re.search(r'resourceRequirements = \[\{type = "GPU", value = "1"\}\]', triton)
@@ -162,7 +175,7 @@ def test_the_gateway_task_gets_real_settings(tf: dict, monkeypatch: pytest.Monke
     for key in env:
         assert key.removeprefix("APP_").lower().replace("__", ".") in known, f"{key} is not a setting"
     secrets = re.findall(r'\{name = "(APP_[A-Z_]+)", valueFrom', task(tf, "gateway"))
-    assert secrets == ["APP_STREAMS"], "the cameras come from Secrets Manager"
+    assert secrets == ["APP_STREAMS", "APP_AUTH__API_KEYS"], "the cameras and the API keys come from Secrets Manager"
     # the literal values, as the gateway would parse them
     literal = {k: v.strip('"') for k, v in env.items() if v.startswith('"') and "${" not in v}
     for key in [k for k in __import__("os").environ if k.startswith("APP_")]:
@@ -178,6 +191,26 @@ def test_the_gateway_task_gets_real_settings(tf: dict, monkeypatch: pytest.Monke
     assert re.search(r"portMappings\s*=\s*\[\{containerPort = 8000", task(tf, "gateway"))
     assert "readonlyRootFilesystem = true" in task(tf, "gateway")
     assert '"python", "-m", "gateway.healthcheck", "/health"' in task(tf, "gateway")
+
+
+def test_authentication_is_on_with_a_generated_key(tf: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    # given the gateway task's APP_AUTH__API_KEYS secret: a JSON list of one generated key
+    res = tf["resource"]
+    injected = '{name = "APP_AUTH__API_KEYS", valueFrom = aws_secretsmanager_secret.gateway_api_keys.arn}'
+    assert injected in task(tf, "gateway")
+    version = res["aws_secretsmanager_secret_version"]["gateway_api_keys"]
+    assert version["secret_string"] == "${jsonencode([random_password.gateway_api_key.result])}"
+    key = res["random_password"]["gateway_api_key"]
+    assert key["length"] >= 32 and key["special"] is False, "long, and safe in a header"
+    assert "aws_kms_key.main" in res["aws_secretsmanager_secret"]["gateway_api_keys"]["kms_key_id"]
+    # and the execution role may read it, which ECS needs to inject it
+    reads = tf["data"]["aws_iam_policy_document"]["execution_secrets"]["statement"][0]["resources"]
+    assert "${aws_secretsmanager_secret.gateway_api_keys.arn}" in reads
+    # then a value of that shape turns authentication on
+    for k in [k for k in __import__("os").environ if k.startswith("APP_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("APP_AUTH__API_KEYS", '["' + "A1b2C3d4" * 6 + '"]')
+    assert load_settings().auth.enabled
 
 
 def test_alarms_watch_metrics_the_gateway_emits(tf: dict) -> None:  # type: ignore[type-arg]

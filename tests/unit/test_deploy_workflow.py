@@ -44,6 +44,7 @@ def test_the_workflow_runs_what_ci_runs_and_checks_the_deploy_files() -> None:
         if line and not line.startswith(("#", "set", "cd"))
     ]
     assert ci == ["make test"] and "make test" in runs["test"]
+    assert "make audit" in runs["test"], "the lock files are audited on every run"
     assert "terraform fmt -check" in runs["terraform"] and "init -backend=false" in runs["terraform"]
     assert "terraform -chdir=infra validate" in runs["terraform"]
     assert all(f in runs["security"] for f in ("--framework terraform", "--framework dockerfile", "hadolint"))

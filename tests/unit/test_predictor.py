@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.config import Settings
-from gateway.errors import BadImage, BadRequest, InferenceFailed, InferenceUnavailable
+from gateway.errors import BadImage, BadRequest, InferenceFailed, InferenceUnavailable, ModelDegraded
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
 from gateway.inference.model import Detections, ModelInfo
@@ -93,3 +93,18 @@ def test_a_stream_frame_reports_the_camera_size() -> None:
     predictor, _, _ = rig()
     out = asyncio.run(predictor.predict_frame(np.zeros((360, 640, 3), np.uint8), source_size=(1920, 1080)))
     assert (out.result.image.width, out.result.image.height) == (1920, 1080) and out.decode_ms == 0
+
+
+def test_a_degraded_model_is_marked_until_an_inference_succeeds() -> None:
+    # given a model whose inference meets a crashed instance on the retry too
+    predictor, client, catalog = rig()
+    client.classify.side_effect = ModelDegraded("model mobilenet_v3_small is degraded: an instance crashed")
+    with pytest.raises(ModelDegraded):
+        asyncio.run(predictor.predict(JPEG))
+    assert catalog.degraded("mobilenet_v3_small"), "readiness must see the model as degraded"
+    # when the probe (readiness) succeeds, the mark is gone
+    client.classify.side_effect = None
+    asyncio.run(predictor.probe("mobilenet_v3_small"))
+    assert catalog.degraded("mobilenet_v3_small") is None
+    sent = client.classify.call_args.args[1]
+    assert sent.shape == (1, 3, 224, 224) and sent.dtype == np.uint8, "the probe sends the model's own input"

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from gateway.api.auth import KEY_REQUIRED
 from gateway.api.deps import PredictorDep, SettingsDep
 from gateway.api.errors import responses
 from gateway.api.timing import PREDICTED_MODEL
@@ -78,7 +79,8 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=responses(400, 404, 413, 415, 422, 502, 503),
+    responses=responses(400, 401, 404, 413, 415, 422, 502, 503),
+    dependencies=[KEY_REQUIRED],  # before the upload is read
     openapi_extra={"requestBody": REQUEST_BODY},
     summary="Classify one image, or detect persons in it (multipart field `image`, or a raw image body).",
 )
