@@ -195,6 +195,7 @@ RELIABILITY_TESTS := tests/integration/test_supervision.py tests/integration/tes
   tests/integration/test_shutdown.py
 chaos: setup system-deps ## Long reliability runs (docs/reliability.md): 50 camera flaps, faults, SSE at scale, 2-min load and 4x overload, >= 10,000 fuzz cases
 	STREAMML_FLAP_CYCLES=$(CHAOS_FLAP_CYCLES) $(PY) -m pytest $(RELIABILITY_TESTS) -q --timeout 3600 $(PYTEST_ARGS)
+	STREAMML_CORRUPT_EXAMPLES=10000 $(PY) -m pytest tests/unit/test_corrupt_images.py -q
 	$(PY) -m bench.overload --seconds $(CHAOS_LOAD_SECONDS)
 	$(MAKE) --no-print-directory fuzz
 	$(PY) -m harness.results
