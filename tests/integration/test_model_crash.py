@@ -92,9 +92,9 @@ def test_a_crashed_instance_costs_no_request_and_a_dead_model_is_reported(
                 without_retry += direct_failures(own_triton, 1)
             # then no /predict fails: the retry lands on the healthy instance (a client without it loses some)
             assert codes == [200] * REQUESTS, f"/predict during the crash: {codes}"
-            assert without_retry > 0, "the direct client never met the dead instance: the test proved nothing"
+            # the gateway did meet the dead instance (else the test proved nothing), and retried
             retried = value(scrape(gw), "streamml_inference_retries_total", model=MODEL, reason="crashed_instance")
-            assert retried > 0, "retries are counted"
+            assert retried > 0, "the gateway never met the dead instance (or did not count its retries)"
             assert not any(e.type == "status" and e.data["triton"] == "degraded" for e in events)
             assert httpx.get(f"{gw.url}/health/ready").status_code == 200
 
