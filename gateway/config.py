@@ -42,6 +42,7 @@ from gateway.parsing import ascii_digits
 CONFIG_ENV = "APP_CONFIG"
 SECRETS_ENV = "APP_SECRETS_DIR"
 DEFAULT_SECRETS_DIR = "/run/secrets"
+DEMO_STREAM = "demo"  # the id of the demo stream (demo.enabled)
 
 
 class _Section(BaseModel):
@@ -242,6 +243,40 @@ class IngestSettings(_Section):
     max_subscribers: int = Field(
         2000, ge=1, le=1_000_000, description="SSE subscribers over all streams; one more gets 503 at once."
     )
+    resume_events: int = Field(
+        120,
+        ge=0,
+        le=100_000,
+        description="Events each stream keeps for SSE clients that reconnect with Last-Event-ID (the resume ring); "
+        "about 0.5-2 KB each.",
+    )
+    resume_s: float = Field(60.0, ge=0, le=3600, description="Events older than this leave the resume ring.")
+    retry_ms: int = Field(
+        1000, ge=100, le=600_000, description="The SSE retry: hint, how long an EventSource waits to reconnect."
+    )
+
+
+class ViewerSettings(_Section):
+    enabled: bool = Field(True, description="Serve the web viewer at / (static files; the API is unaffected).")
+    frame_interval_s: float = Field(
+        0.5,
+        ge=0.05,
+        le=60,
+        description="GET /streams/{id}/frame.jpg encodes a stream's latest frame at most once per this interval, "
+        "however many viewers ask; in between they get the same JPEG.",
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="Quality of frame.jpg.")
+
+
+class DemoSettings(_Section):
+    enabled: bool = Field(
+        False,
+        description="With no rtsp_url and no streams, run a demo stream (id 'demo'): a generated test-card clip "
+        "played in a loop.  make run turns it on; a configured camera replaces it.",
+    )
+    path: Path = Field(
+        Path("build/demo/demo.mp4"), description="The demo clip; written here on first use if it does not exist."
+    )
 
 
 class AdmissionSettings(_Section):
@@ -403,6 +438,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(
         default_factory=AuthSettings, description="API keys and SSE tokens; off while auth.api_keys is empty."
     )
+    viewer: ViewerSettings = Field(
+        default_factory=ViewerSettings, description="The web viewer at / and the frames it shows."
+    )
+    demo: DemoSettings = Field(default_factory=DemoSettings, description="A demo stream when no camera is configured.")
 
     @field_validator("cors_origins")
     @classmethod
@@ -439,9 +478,17 @@ class Settings(BaseSettings):
         return self
 
     def all_streams(self) -> list[StreamConfig]:
-        """Configured streams, with rtsp_url first as the 'default' stream."""
+        """Configured streams, with rtsp_url first as the 'default' stream; with none and demo.enabled,
+        the demo stream."""
+        if self.demo_active:
+            return [StreamConfig(id=DEMO_STREAM, url=str(self.demo.path), loop=True)]
         extra = [StreamConfig(id="default", url=self.rtsp_url)] if self.rtsp_url else []
         return extra + list(self.streams)
+
+    @property
+    def demo_active(self) -> bool:
+        """demo.enabled, and no camera configured to replace it."""
+        return self.demo.enabled and not self.rtsp_url and not self.streams
 
     @classmethod
     def settings_customise_sources(

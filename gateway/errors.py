@@ -100,6 +100,13 @@ class StreamNotFound(GatewayError):
     code = "stream_not_found"
 
 
+class FrameNotReady(GatewayError):
+    """The stream exists but has published no prediction yet: there is no frame to show."""
+
+    status = 404
+    code = "no_frame"
+
+
 class StreamConflict(GatewayError):
     status = 409
     code = "stream_exists"

@@ -17,7 +17,7 @@ from gateway.api import draining, errors, openapi
 from gateway.api.admission import Admission
 from gateway.api.auth import API_KEY_HEADER, REDACT_TOKENS, Authenticator
 from gateway.api.routes import auth as auth_routes
-from gateway.api.routes import health, predict
+from gateway.api.routes import health, predict, viewer
 from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
 from gateway.api.sse_guard import SseGuard
@@ -51,6 +51,7 @@ def _operation_id(route: APIRoute) -> str:
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CORS_HEADERS = ["Authorization", API_KEY_HEADER, "Content-Type", "Last-Event-ID"]  # every header the API reads
+CORS_EXPOSED = ["Retry-After", "X-Frame-Index", "X-Captured-At"]  # headers another origin's script may read
 
 
 def _default_logging(level: str) -> None:
@@ -123,13 +124,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
             allow_credentials=settings.cors_allow_credentials,
         )
     errors.install(app, retry_after_s=settings.triton.retry_after_s)
     openapi.install(app, settings)
+    _include_routes(app, settings)
+    return app
+
+
+def _include_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(auth_routes.router)
     app.include_router(stream_routes.router)
     app.include_router(metrics_routes.router)
-    return app
+    if settings.viewer.enabled:
+        viewer.install(app)

@@ -70,6 +70,7 @@ class _StreamCollector(Collector):
         "inferences": "Stream inferences started.",
         "predictions": "Prediction events published.",
         "events_dropped": "Events slow SSE subscribers lost because their queue was full (oldest first).",
+        "frames_encoded": "JPEGs encoded for the viewer's frame.jpg (at most one per viewer.frame_interval_s).",
     }
 
     def __init__(self, streams: Callable[[], Iterable[StreamInfo]]) -> None:

@@ -133,6 +133,10 @@ PredictionEvent: TypeAlias = Annotated[ClassificationEvent | DetectionEvent, Fie
 TritonState: TypeAlias = Literal["available", "unavailable", "degraded"]
 
 
+SHUTTING_DOWN = "shutting_down"  # the reason of the last status event when the gateway stops
+EVENTS_LOST = "events_lost"  # the reason of the status event that announces a gap in a subscriber's events
+
+
 class StatusEvent(Contract):
     """SSE event ``status``: a state change of the stream's source or of Triton's availability.
     A new subscriber gets the current status first."""
@@ -142,12 +146,21 @@ class StatusEvent(Contract):
     reason: str = Field(
         max_length=4096,
         description="Why, when there is a reason (empty otherwise).  `shutting_down`: the gateway is stopping; "
-        "this is the response's last event (reconnect, to another replica if there is one).",
+        "this is the response's last event (reconnect, to another replica if there is one).  `events_lost`: "
+        "see lost_events.",
     )
     at: float = Field(ge=0, le=MAX_TIME, description="When, Unix seconds.")
     triton: TritonState = Field(
         description="Whether the stream's inferences succeed: unavailable (Triton down, frozen or timing out), "
         "degraded (a model instance crashed and the retry failed too)."
+    )
+    lost_events: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COUNT,
+        description="Only with reason `events_lost`, sent to one subscriber: how many of the stream's events after "
+        "its position it will never get (its Last-Event-ID is older than the resume ring, or it read too slowly); "
+        "null when that cannot be known (an id from a run of the stream this gateway does not remember).",
     )
 
 
@@ -251,6 +264,12 @@ class StreamInfo(Contract):
         description="State changes of the source, by the state entered."
     )
     triton: TritonState
+    frames_encoded: int = Field(
+        0, ge=0, le=MAX_COUNT, description="JPEGs encoded for GET /streams/{id}/frame.jpg (at most one per interval)."
+    )
+    last_event_id: str | None = Field(
+        None, max_length=64, description="The id of the stream's latest SSE event ('<run>-<seq>'), if any."
+    )
 
 
 class StreamHealth(Contract):

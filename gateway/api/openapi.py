@@ -26,6 +26,7 @@ from gateway.schema import PredictionEvent, StatusEvent
 from gateway.streams.policy import url_pattern
 
 SSE_PATHS = ("/stream", "/streams/{sid}/events")
+FEED_PATH = "/events"  # every stream's status events
 REF = "#/components/schemas/{model}"
 
 
@@ -52,6 +53,7 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
             "prediction": events["PredictionEvent"],
             "status": events["StatusEvent"],
         }
+    doc["paths"][FEED_PATH]["get"]["x-sse-events"] = {"status": events["StatusEvent"]}
     schemas["StreamCreate"]["properties"]["url"]["pattern"] = url_pattern(settings.stream_policy)
     created = doc["paths"]["/streams"]["post"]["responses"]["201"]
     created["links"] = {

@@ -3,13 +3,16 @@ readers; it is created in the lifespan and stopped in reverse order."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
 from gateway.errors import StreamConflict, StreamLimit, StreamNotFound, StreamRefused
+from gateway.fanout import EventId, StatusFeed
 from gateway.inference.predictor import Predictor
-from gateway.ingest import Watchdog, redact
+from gateway.ingest import Watchdog, demo, redact
 from gateway.ingest.sources import SourceError
 from gateway.metrics import Metrics
 from gateway.schema import StreamCreate
@@ -17,6 +20,7 @@ from gateway.streams import policy
 from gateway.streams.worker import StreamWorker
 
 log = logging.getLogger(__name__)
+MAX_REMEMBERED_RUNS = 10_000  # removed streams whose last event id is kept (resume across a re-add)
 
 
 class StreamManager:
@@ -33,6 +37,9 @@ class StreamManager:
         self._capturer = capturer
         self._workers: dict[str, StreamWorker] = {}
         self._watchdog = Watchdog()
+        self.feed = StatusFeed()  # every stream's status events: GET /events
+        self._last_ids: dict[str, EventId] = {}  # per stream id: the last event of its previous run
+        self._last_run = 0  # runs (event-id prefixes) strictly increase, even within one millisecond
         self.configured = [s.id for s in settings.all_streams()]
         self.draining = False  # set by drain(): readiness is 503 from then on
 
@@ -42,12 +49,18 @@ class StreamManager:
 
     async def start(self) -> None:
         self._watchdog.start()
+        if self._settings.demo_active:
+            try:
+                await asyncio.to_thread(demo.ensure_clip, self._settings.demo.path)
+            except (OSError, RuntimeError) as e:  # the demo stream then fails to open, visibly
+                log.error("cannot write the demo clip to %s: %s", self._settings.demo.path, e)
         for config in self._settings.all_streams():
             await self.add(config)
 
     async def stop(self) -> None:
         for sid in reversed(list(self._workers)):
             await self.remove(sid)
+        self.feed.close()
         self._watchdog.stop()
 
     def drain(self) -> None:
@@ -55,6 +68,7 @@ class StreamManager:
         self.draining = True
         for worker in self._workers.values():
             worker.drain()
+        self.feed.close()
 
     def get(self, sid: str) -> StreamWorker:
         worker = self._workers.get(sid)
@@ -86,8 +100,18 @@ class StreamManager:
     async def add(self, config: StreamConfig) -> StreamWorker:
         if config.id in self._workers:
             raise StreamConflict(f"stream {config.id!r} already exists")
+        run = self._last_run = max(int(time.time() * 1000), self._last_run + 1)
         try:
-            worker = StreamWorker(config, self._settings, self._predictor, self._metrics, self._capturer)
+            worker = StreamWorker(
+                config,
+                self._settings,
+                self._predictor,
+                self._metrics,
+                self._capturer,
+                run=run,
+                previous=self._last_ids.get(config.id),
+                feed=self.feed,
+            )
         except SourceError as e:
             raise StreamRefused(str(e)) from e
         self._workers[config.id] = worker
@@ -102,3 +126,9 @@ class StreamManager:
             raise StreamNotFound(f"no stream {sid!r}")
         self._watchdog.unwatch(worker.reader)
         await worker.stop()
+        last = worker.broadcaster.last_id
+        if last is not None:
+            self._last_ids.pop(sid, None)
+            self._last_ids[sid] = last
+            if len(self._last_ids) > MAX_REMEMBERED_RUNS:
+                self._last_ids.pop(next(iter(self._last_ids)))

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
 from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable, ModelDegraded
-from gateway.fanout import Broadcaster
+from gateway.fanout import Broadcaster, EventId, StatusFeed
 from gateway.inference.predictor import Predictor
 from gateway.ingest import Frame, ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
 from gateway.metrics import EmfWindow, Metrics, emf_logger
-from gateway.schema import Latency, StatusEvent, StreamInfo, TritonState, prediction_event
+from gateway.schema import SHUTTING_DOWN, Latency, StatusEvent, StreamInfo, TritonState, prediction_event
+from gateway.streams.snapshot import FrameSnapshot
 
 log = logging.getLogger(__name__)
-SHUTTING_DOWN = "shutting_down"  # the reason of the last status event when the gateway stops
 
 
 @dataclass
@@ -44,7 +44,13 @@ class StreamWorker:
         predictor: Predictor,
         metrics: Metrics,
         capturer: Capturer | None = None,
+        *,
+        run: int | None = None,
+        previous: EventId | None = None,
+        feed: StatusFeed | None = None,
     ) -> None:
+        """``run``: this run's first event-id part (Unix ms), ``previous``: the last event id of the
+        stream's previous run, ``feed``: where status events also go (``GET /events``)."""
         self.config = config
         self.id = config.id
         self.model = config.model or settings.model
@@ -60,7 +66,16 @@ class StreamWorker:
             backoff_max_s=ing.backoff_max_s,
             max_retries=ing.max_retries,
         )
-        self.broadcaster = Broadcaster(queue_size=ing.subscriber_queue)
+        self.broadcaster = Broadcaster(
+            stream=self.id,
+            run=run if run is not None else int(time.time() * 1000),
+            queue_size=ing.subscriber_queue,
+            resume_events=ing.resume_events,
+            resume_s=ing.resume_s,
+            previous=previous,
+        )
+        self.snapshot = FrameSnapshot(self.id, settings.viewer.frame_interval_s, settings.viewer.jpeg_quality)
+        self._feed = feed
         self.counters = WorkerCounters()
         self._predictor = predictor
         self._metrics = metrics
@@ -117,9 +132,11 @@ class StreamWorker:
             self.broadcaster.close()
 
     def _status(self, state: StreamState, reason: str) -> None:
-        self.broadcaster.publish(
+        envelope = self.broadcaster.publish(
             StatusEvent(stream=self.id, state=state, reason=reason, at=time.time(), triton=self.triton)
         )
+        if envelope is not None and self._feed is not None:
+            self._feed.publish(envelope)
 
     def _set_triton(self, state: TritonState, reason: str) -> None:
         """A change of the stream's inference health is a ``status`` event (once per change)."""
@@ -177,6 +194,7 @@ class StreamWorker:
             ),
         )
         self.broadcaster.publish(event)
+        self.snapshot.offer(frame)
         if self._capturer is not None:
             self._capturer.offer(event, frame.image)
 
@@ -218,6 +236,8 @@ class StreamWorker:
             inference_errors=self.counters.errors,
             subscribers=self.broadcaster.subscribers,
             events_dropped=self.broadcaster.dropped,
+            frames_encoded=self.snapshot.encodes,
+            last_event_id=str(self.broadcaster.last_id) if self.broadcaster.last_id else None,
             transitions=reader.transitions() if reader is not None else {},
             triton=self.triton,
         )

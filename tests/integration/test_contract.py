@@ -29,6 +29,9 @@ EXAMPLES = int(os.environ.get("STREAMML_FUZZ_EXAMPLES", "250"))
 TIME_BUDGET = os.environ.get("STREAMML_FUZZ_TIME")
 MIN_CASES = int(os.environ.get("STREAMML_FUZZ_MIN_CASES", "800"))
 SEED = int(os.environ.get("STREAMML_FUZZ_SEED", "20261130"))
+# A CPython 3.11 bug (gh-106905: a spurious SystemError from the AST constructor under threads, fixed
+# after 3.11.7) seen once in Schemathesis's worker threads: a runtime error of the tool, not a finding.
+CPYTHON_AST_BUG = "AST constructor recursion depth mismatch"
 SCHEMATHESIS = str(Path(PYTHON).with_name("schemathesis"))
 GENERATOR = str(Path(PYTHON).with_name("openapi-python-client"))
 SERVER_ERROR = re.compile(r'" 5\d\d ')  # an access-log line answered with a 5xx
@@ -63,6 +66,7 @@ def test_schemathesis_finds_no_failure_and_no_server_error(contract_gateway: Gat
         # the SSE of a stream that exists never ends; its events are checked by
         # test_streams_api.py::test_sse_events_match_the_published_schemas
         "--exclude-path", "/streams/{sid}/events",
+        "--exclude-path", "/events",  # every stream's status: never ends either (checked in test_viewer.py)
         "--generation-database", "none",
         "--report", "junit", "--report-dir", str(tmp_path),
         "--no-color",
@@ -72,6 +76,10 @@ def test_schemathesis_finds_no_failure_and_no_server_error(contract_gateway: Gat
     # when Schemathesis runs against the real gateway
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000, check=False)
     out = done.stdout + done.stderr
+    if CPYTHON_AST_BUG in out:  # Schemathesis's own process crashed, not a finding: one more run, said aloud
+        print(f"Schemathesis hit CPython 3.11's {CPYTHON_AST_BUG!r} (gh-106905) in its own threads; running again")
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000, check=False)
+        out = done.stdout + done.stderr
     cases = re.search(r"(\d+) generated", out)
     print(out[-3000:])
     print(f"schemathesis: {cases.group(0) if cases else '?'} cases, exit {done.returncode}, seed {SEED}")

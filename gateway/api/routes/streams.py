@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -15,9 +15,9 @@ from gateway.api.errors import responses
 from gateway.api.sse_guard import SseGuard, Watched
 from gateway.config import Settings
 from gateway.errors import StreamNotFound, SubscriberLimit
-from gateway.fanout import Broadcaster, Subscription
+from gateway.fanout import Envelope, EventId, Subscription, gap_notice
 from gateway.ingest import StreamState
-from gateway.schema import STREAM_ID_PATTERN, StreamCreate, StreamHealth, StreamInfo, event_type
+from gateway.schema import STREAM_ID_PATTERN, StatusEvent, StreamCreate, StreamHealth, StreamInfo, event_type
 from gateway.streams.manager import StreamManager
 
 router = APIRouter(tags=["streams"])
@@ -26,38 +26,103 @@ StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN, description="Stream id
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events, until the stream is removed: `prediction` events "
-        "(`PredictionEvent`) and `status` events (`StatusEvent`), each with an increasing `id`. "
-        "A new subscriber gets the current status first; keep-alive comments every ingest.keepalive_s.",
+        "(`PredictionEvent`) and `status` events (`StatusEvent`), each with an id `<run>-<seq>` (run: when this "
+        "run of the stream began, Unix ms; seq: from 1, without holes).  A new subscriber gets the current status "
+        "first; one that sends Last-Event-ID gets what it missed from the resume ring (ingest.resume_events, "
+        "ingest.resume_s), or a `status` event with reason `events_lost` saying how many are gone.  A `retry:` "
+        "hint first; keep-alive comments every ingest.keepalive_s.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+FEED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `status` events (`StatusEvent`) of every stream, without ids.  Each "
+        "stream's current status first, then every change; a stream added appears with its first status, a stream "
+        "removed ends with state `stopped`.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
 
 
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        description="Resume after this event id: EventSource sends it by itself when it reconnects.",
+    ),
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="last_event_id",
+        max_length=64,
+        description="The same as the Last-Event-ID header, for a client that opens a new EventSource (which cannot "
+        "set headers); the header wins.",
+    ),
+]
+
+
+def _resume_point(header: str | None, query: str | None) -> EventId | None:
+    text = header if header is not None else query
+    return EventId.parse(text) if text else None
+
+
 async def _events(
-    broadcaster: Broadcaster, sub: Subscription, guard: SseGuard, watched: Watched | None
+    sub: Subscription,
+    *,
+    unsubscribe: Callable[[Subscription], None],
+    guard: SseGuard,
+    watched: Watched | None,
+    retry_ms: int,
+    notice: Callable[[int], Envelope | None],
 ) -> AsyncIterator[ServerSentEvent]:
+    """A subscriber's events: the replay, then live.  A queue overflow is announced by ``notice``."""
     try:
+        yield ServerSentEvent(retry=retry_ms)  # how long EventSource waits before it reconnects
         while True:
             envelope = await sub.get()
             if envelope is None:
                 return
-            yield ServerSentEvent(data=envelope.data, event=event_type(envelope.event), id=str(envelope.id))
+            lost = sub.take_lost()
+            if lost:
+                extra = notice(lost)
+                if extra is not None:
+                    yield _sse_event(extra)
+            yield _sse_event(envelope)
     finally:
-        broadcaster.unsubscribe(sub)
+        unsubscribe(sub)
         guard.unwatch(watched)
 
 
-def _sse(request: Request, streams: StreamManager, settings: Settings, sid: str) -> EventSourceResponse:
-    worker = streams.get(sid)
+def _sse_event(envelope: Envelope) -> ServerSentEvent:
+    ident = str(envelope.id) if envelope.id is not None else None
+    return ServerSentEvent(data=envelope.data, event=event_type(envelope.event), id=ident)
+
+
+def _admit(request: Request, streams: StreamManager, settings: Settings) -> None:
     limit = settings.ingest.max_subscribers
-    if sum(w.broadcaster.subscribers for w in streams.list()) >= limit:
+    if sum(w.broadcaster.subscribers for w in streams.list()) + streams.feed.subscribers >= limit:
         request.app.state.metrics.sse_dropped.labels("limit").inc()
         raise SubscriberLimit(f"{limit} SSE subscribers are connected, the limit (ingest.max_subscribers)")
+
+
+def _serve(
+    request: Request,
+    settings: Settings,
+    sub: Subscription,
+    *,
+    unsubscribe: Callable[[Subscription], None],
+    label: str,
+    notice: Callable[[int], Envelope | None],
+) -> EventSourceResponse:
+    """The SSE response of one subscription, watched by the SSE guard (``label``: its stream)."""
     guard: SseGuard = request.app.state.sse_guard
-    sub = worker.broadcaster.subscribe()
-    watched = guard.watch(request.scope, sid)  # drops the subscriber if it stops reading
+    watched = guard.watch(request.scope, label)  # drops the subscriber if it stops reading
+    events = _events(
+        sub, unsubscribe=unsubscribe, guard=guard, watched=watched, retry_ms=settings.ingest.retry_ms, notice=notice
+    )
     return EventSourceResponse(
-        _events(worker.broadcaster, sub, guard, watched),
+        events,
         ping=settings.ingest.keepalive_s,
         send_timeout=settings.ingest.send_timeout_s,
         # On shutdown the stream manager ends each response with a final status event
@@ -67,6 +132,40 @@ def _sse(request: Request, streams: StreamManager, settings: Settings, sid: str)
     )
 
 
+def _sse(
+    request: Request, streams: StreamManager, settings: Settings, sid: str, after: EventId | None
+) -> EventSourceResponse:
+    worker = streams.get(sid)
+    _admit(request, streams, settings)
+    broadcaster = worker.broadcaster
+    sub = broadcaster.subscribe(after)
+
+    def notice(lost: int) -> Envelope:
+        status = broadcaster.last_status.event if broadcaster.last_status is not None else None
+        assert isinstance(status, StatusEvent)
+        return gap_notice(sid, status.state, status.triton, lost)
+
+    return _serve(request, settings, sub, unsubscribe=broadcaster.unsubscribe, label=sid, notice=notice)
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    responses={**FEED_RESPONSE, **responses(401, 503)},
+    dependencies=[KEY_OR_TOKEN_REQUIRED],
+    summary="SSE of every stream's status: each stream's current status first, then every change.",
+)
+async def status_feed(request: Request, streams: StreamsDep, settings: SettingsDep) -> EventSourceResponse:
+    _admit(request, streams, settings)
+    feed = streams.feed
+    sub = feed.subscribe()
+
+    def resend(_lost: int) -> None:  # a missed status is stale state: send every stream's current one again
+        sub.backlog.extend(feed.current())
+
+    return _serve(request, settings, sub, unsubscribe=feed.unsubscribe, label="*", notice=resend)
+
+
 @router.get(
     "/stream",
     response_class=EventSourceResponse,
@@ -74,10 +173,17 @@ def _sse(request: Request, streams: StreamManager, settings: Settings, sid: str)
     dependencies=[KEY_OR_TOKEN_REQUIRED],
     summary="SSE of the default stream (rtsp_url, or the first configured stream).",
 )
-async def default_stream(request: Request, streams: StreamsDep, settings: SettingsDep) -> EventSourceResponse:
+async def default_stream(
+    request: Request,
+    streams: StreamsDep,
+    settings: SettingsDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventSourceResponse:
     if streams.default_id is None:
         raise StreamNotFound("no default stream: set rtsp_url or streams in the configuration")
-    return _sse(request, streams, settings, streams.default_id)
+    after = _resume_point(last_event_id, last_event_id_query)
+    return _sse(request, streams, settings, streams.default_id, after)
 
 
 @router.get(
@@ -88,9 +194,43 @@ async def default_stream(request: Request, streams: StreamsDep, settings: Settin
     summary="SSE of one stream: `prediction` and `status` events.",
 )
 async def stream_events(
-    request: Request, sid: StreamId, streams: StreamsDep, settings: SettingsDep
+    request: Request,
+    *,
+    sid: StreamId,
+    streams: StreamsDep,
+    settings: SettingsDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
 ) -> EventSourceResponse:
-    return _sse(request, streams, settings, sid)
+    return _sse(request, streams, settings, sid, _resume_point(last_event_id, last_event_id_query))
+
+
+@router.get(
+    "/streams/{sid}/frame.jpg",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The stream's last predicted frame (the one of its latest prediction event), JPEG.  "
+            "X-Frame-Index is that event's `frame`; X-Captured-At its `captured_at`.  Encoded at most once per "
+            "viewer.frame_interval_s, however many clients ask.",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **responses(401, 404, 422),
+    },
+    dependencies=[KEY_OR_TOKEN_REQUIRED],  # an <img src> sends no headers either: ?token= works here too
+    summary="The latest frame a stream predicted on, as a JPEG (for the viewer).",
+)
+async def stream_frame(sid: StreamId, streams: StreamsDep) -> Response:
+    jpeg = await streams.get(sid).snapshot.jpeg()
+    return Response(
+        jpeg.data,
+        media_type="image/jpeg",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Index": str(jpeg.frame),
+            "X-Captured-At": f"{jpeg.captured_at:.3f}",
+        },
+    )
 
 
 @router.get(
