@@ -177,17 +177,16 @@ class Broadcaster:
             lost = None  # a run this gateway does not remember (it restarted), or not an id of this stream
         if lost == 0:
             return status + ring
-        current = self.last_status.event if self.last_status is not None else None
-        assert current is None or isinstance(current, StatusEvent)
-        notice = gap_notice(
-            self.stream,
-            current.state if current else StreamState.CONNECTING,
-            current.triton if current else "available",
-            lost,
-        )
         # the current state, if it is older than the ring, then the ring
         older = [self.last_status] if self.last_status is not None and self.last_status not in ring else []
-        return [notice, *older, *ring]
+        return [self.gap_notice(lost), *older, *ring]
+
+    def gap_notice(self, lost: int | None) -> Envelope:
+        """A ``status`` event for one subscriber, in the stream's current state: ``lost`` events are gone."""
+        current = self.last_status.event if self.last_status is not None else None
+        if not isinstance(current, StatusEvent):
+            return gap_notice(self.stream, StreamState.CONNECTING, "available", lost)
+        return gap_notice(self.stream, current.state, current.triton, lost)
 
     def _expire(self) -> None:
         now = self.clock()

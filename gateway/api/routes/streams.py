@@ -15,9 +15,9 @@ from gateway.api.errors import responses
 from gateway.api.sse_guard import SseGuard, Watched
 from gateway.config import Settings
 from gateway.errors import StreamNotFound, SubscriberLimit
-from gateway.fanout import Envelope, EventId, Subscription, gap_notice
+from gateway.fanout import Envelope, EventId, Subscription
 from gateway.ingest import StreamState
-from gateway.schema import STREAM_ID_PATTERN, StatusEvent, StreamCreate, StreamHealth, StreamInfo, event_type
+from gateway.schema import STREAM_ID_PATTERN, StreamCreate, StreamHealth, StreamInfo, event_type
 from gateway.streams.manager import StreamManager
 
 router = APIRouter(tags=["streams"])
@@ -139,13 +139,7 @@ def _sse(
     _admit(request, streams, settings)
     broadcaster = worker.broadcaster
     sub = broadcaster.subscribe(after)
-
-    def notice(lost: int) -> Envelope:
-        status = broadcaster.last_status.event if broadcaster.last_status is not None else None
-        assert isinstance(status, StatusEvent)
-        return gap_notice(sid, status.state, status.triton, lost)
-
-    return _serve(request, settings, sub, unsubscribe=broadcaster.unsubscribe, label=sid, notice=notice)
+    return _serve(request, settings, sub, unsubscribe=broadcaster.unsubscribe, label=sid, notice=broadcaster.gap_notice)
 
 
 @router.get(
@@ -169,7 +163,7 @@ async def status_feed(request: Request, streams: StreamsDep, settings: SettingsD
 @router.get(
     "/stream",
     response_class=EventSourceResponse,
-    responses={**SSE_RESPONSE, **responses(401, 404, 503)},
+    responses={**SSE_RESPONSE, **responses(400, 401, 404, 503)},
     dependencies=[KEY_OR_TOKEN_REQUIRED],
     summary="SSE of the default stream (rtsp_url, or the first configured stream).",
 )
@@ -189,7 +183,7 @@ async def default_stream(
 @router.get(
     "/streams/{sid}/events",
     response_class=EventSourceResponse,
-    responses={**SSE_RESPONSE, **responses(401, 404, 422, 503)},
+    responses={**SSE_RESPONSE, **responses(400, 401, 404, 422, 503)},
     dependencies=[KEY_OR_TOKEN_REQUIRED],
     summary="SSE of one stream: `prediction` and `status` events.",
 )
