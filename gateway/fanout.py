@@ -175,8 +175,8 @@ class Broadcaster:
             lost = (self.previous.seq - after.seq) + (first - 1)  # the rest of the previous run, and more
         else:
             lost = None  # a run this gateway does not remember (it restarted), or not an id of this stream
-        if lost == 0:
-            return status + ring
+        if lost == 0:  # the previous run ended at the client's id, and the ring holds all of this one
+            return ring
         # the current state, if it is older than the ring, then the ring
         older = [self.last_status] if self.last_status is not None and self.last_status not in ring else []
         return [self.gap_notice(lost), *older, *ring]

@@ -7,6 +7,7 @@
 const KEY_STORE = "streamml.apiKey";  // sessionStorage: this tab only
 const FRAME_MIN_INTERVAL_MS = 500;
 const EVENTS_KEPT = 64;  // recent prediction events of the selected stream, by frame (for the overlay)
+const IDS_KEPT = 1000;  // event ids kept per stream (window.streamml.received): a long-lived tab stays small
 const REOPEN_MS = [1000, 2000, 5000];
 
 const $ = (id) => document.getElementById(id);
@@ -22,7 +23,7 @@ const view = {
   received: new Map(),  // stream -> every event id received, in order (for the resume check)
   lost: new Map(),  // stream -> [{after, lost}] gaps announced by the gateway
   recent: new Map(),  // frame index -> prediction event (selected stream)
-  frame: { inFlight: false, last: 0, url: null },
+  frame: { inFlight: false, last: 0 },
   reopen: { feed: 0, events: 0 },
   timers: { feed: null, events: null },
   times: [],  // receive times of the selected stream's predictions (for predictions/s)
@@ -128,7 +129,12 @@ async function loadStreams() {
   }
   for (const id of [...view.streams.keys()]) if (!seen.has(id)) view.streams.delete(id);
   renderStreams();
-  const wanted = decodeURIComponent(location.hash.replace(/^#stream=/, ""));
+  let wanted = "";
+  try {
+    wanted = decodeURIComponent(location.hash.replace(/^#stream=/, ""));
+  } catch {
+    // a malformed address: start with the first stream
+  }
   if (view.selected === null || !view.streams.has(view.selected)) {
     const first = view.streams.has(wanted) ? wanted : view.streams.keys().next().value;
     if (first !== undefined) select(first);
@@ -288,7 +294,10 @@ function clearPanel() {
   $("prediction-empty").hidden = false;
   $("detection-summary").hidden = true;
   $("prediction").dataset.frame = "";
-  $("frame").removeAttribute("src");
+  const frame = $("frame");
+  if (frame.dataset.blob) URL.revokeObjectURL(frame.dataset.blob);
+  delete frame.dataset.blob;
+  frame.removeAttribute("src");
   clearOverlay($("frame-overlay"));
   for (const id of ["stat-frame", "stat-event-id", "stat-inference", "stat-age", "stat-fps"]) $(id).textContent = "–";
   view.recent.clear();
@@ -350,13 +359,13 @@ function openEvents() {
 }
 
 function onEvent(id, message, data) {
+  // a gap notice carries no id of its own (lastEventId is still the previous event's)
   if (message.lastEventId && data.reason !== "events_lost") {
     const ids = view.received.get(id) || [];
-    if (ids[ids.length - 1] !== message.lastEventId) {
-      ids.push(message.lastEventId);
-      view.lastId.set(id, message.lastEventId);
-    }
+    ids.push(message.lastEventId);
+    if (ids.length > IDS_KEPT) ids.splice(0, ids.length - IDS_KEPT);
     view.received.set(id, ids);
+    view.lastId.set(id, message.lastEventId);
   }
   if (id !== view.selected) return;
   if (message.type === "status") {
@@ -441,18 +450,24 @@ async function refreshFrame() {
     const url = URL.createObjectURL(await r.blob());
     const img = $("frame");
     img.onload = () => {
-      if (view.frame.url) URL.revokeObjectURL(view.frame.url);
-      view.frame.url = url;
       img.dataset.frame = String(index);
       const p = view.recent.get(index);
       drawBoxes($("frame-overlay"), img, p && p.task === "detection" ? p : null);
     };
-    img.src = url;
+    showBlob(img, url);
   } catch {
     // the connection is down: the indicator says so, and the next event retries
   } finally {
     view.frame.inFlight = false;
   }
+}
+
+function showBlob(img, url) {
+  // one object URL per image at a time: the previous one is released, loaded or not
+  const previous = img.dataset.blob;
+  img.dataset.blob = url;
+  img.src = url;
+  if (previous) URL.revokeObjectURL(previous);
 }
 
 function clearOverlay(canvas) {
@@ -509,13 +524,9 @@ async function predictFile(file) {
     }
     const result = await r.json();
     const img = $("upload-image");
-    const url = URL.createObjectURL(file);
     $("upload-result").hidden = false;
-    img.onload = () => {
-      drawBoxes($("upload-overlay"), img, result.task === "detection" ? result : null);
-      URL.revokeObjectURL(url);
-    };
-    img.src = url;
+    img.onload = () => drawBoxes($("upload-overlay"), img, result.task === "detection" ? result : null);
+    showBlob(img, URL.createObjectURL(file));
     const summary = $("upload-summary");
     summary.dataset.task = result.task;
     if (result.task === "classification") {

@@ -78,8 +78,14 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open.update((client, upstream))
-                self.accepted += 1
+                refusing = self._refusing  # cut() may have run while this one was connecting
+                if not refusing:
+                    self._open.update((client, upstream))
+                    self.accepted += 1
+            if refusing:
+                _reset(client)
+                _reset(upstream)
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.helpers import ROOT, free_port, read_sse, wait_until
+from harness.helpers import ROOT, SseEvent, free_port, read_sse, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,10 +47,15 @@ def test_make_run_with_no_configuration_serves_the_demo_stream(exported_repo: Pa
         streams = httpx.get(f"{url}/streams", timeout=10).json()
         assert [s["id"] for s in streams] == ["demo"], streams
         # GET /stream (the default stream) yields predictions of the demo clip
-        got = asyncio.run(read_sse(f"{url}/stream", 60, stop_after=4))
+        predictions: list[SseEvent] = []
+
+        def keep(e: SseEvent) -> None:
+            if e.type == "prediction":
+                predictions.append(e)
+
+        got = asyncio.run(read_sse(f"{url}/stream", 60, on_event=keep, until=lambda: len(predictions) >= 3))
         assert got.status == 200
-        predictions = [e for e in got.events if e.type == "prediction"]
-        assert len(predictions) >= 2, got.events
+        assert len(predictions) >= 3, got.events
         assert {p.data["stream"] for p in predictions} == {"demo"}
         assert len({p.data["frame"] for p in predictions}) == len(predictions)
         # and the viewer is there

@@ -127,6 +127,8 @@ def test_ids_of_a_previous_run_count_its_lost_tail_and_unknown_runs_say_unknown(
         got = drain(b.subscribe(EventId(RUN - 5000, 35)))
         assert isinstance(got[0].event, StatusEvent) and got[0].event.lost_events == 5  # 36..40 of the old run
         assert seqs(got[1:]) == [1, 2, 3]  # and the whole new run, which the ring still holds
+        # resumed exactly where the previous run ended: this run's events, each once
+        assert seqs(drain(b.subscribe(EventId(RUN - 5000, 40)))) == [1, 2, 3]
         got = drain(b.subscribe(EventId(RUN - 9000, 3)))  # a run nobody remembers
         assert isinstance(got[0].event, StatusEvent) and got[0].event.lost_events is None
         got = drain(b.subscribe(EventId(RUN, 99)))  # from the future of this run: not ours either

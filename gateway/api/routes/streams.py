@@ -80,10 +80,12 @@ async def _events(
     try:
         yield ServerSentEvent(retry=retry_ms)  # how long EventSource waits before it reconnects
         while True:
+            replaying = bool(sub.backlog)
             envelope = await sub.get()
             if envelope is None:
                 return
-            lost = sub.take_lost()
+            # the queue's losses lie between the replay and the queue: announced with the queue's events
+            lost = 0 if replaying else sub.take_lost()
             if lost:
                 extra = notice(lost)
                 if extra is not None:
