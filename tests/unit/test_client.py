@@ -37,12 +37,12 @@ def test_a_crashed_instance_is_retried_once_and_the_retry_answers() -> None:
     assert retries == [("mobilenet_v3_small", "crashed_instance")], "each retry is counted by reason"
 
 
-def test_a_second_crash_means_the_model_is_degraded() -> None:
-    client, grpc, _ = client_answering(CRASHED, CRASHED, "never")
+def test_a_crash_on_every_try_means_the_model_is_degraded() -> None:
+    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded) as e:
         infer(client)
     assert e.value.status == 503 and e.value.code == "model_degraded"
-    assert grpc.infer.await_count == 2, "retried once, not more"
+    assert grpc.infer.await_count == 3, "retried twice at least, not more"
 
 
 def test_other_failures_are_not_retried() -> None:
@@ -53,11 +53,11 @@ def test_other_failures_are_not_retried() -> None:
     assert grpc.infer.await_count == 1 and retries == []
 
 
-def test_with_three_instances_a_crash_is_retried_on_each_other_instance() -> None:
-    client, grpc, retries = client_answering(CRASHED, CRASHED, "answer")
+def test_with_three_instances_a_crash_is_retried_once_per_instance() -> None:
+    client, grpc, retries = client_answering(CRASHED, CRASHED, CRASHED, "answer")
     assert asyncio.run(client._infer("mobilenet_v3_small", [], [], instances=3)) == "answer"
-    assert len(retries) == 2
-    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, "never")
+    assert len(retries) == 3
+    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded):
         asyncio.run(client._infer("mobilenet_v3_small", [], [], instances=3))
-    assert grpc.infer.await_count == 3
+    assert grpc.infer.await_count == 4
