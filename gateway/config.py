@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,7 +51,12 @@ class _Section(BaseModel):
 
 
 class TritonSettings(_Section):
-    url: str = Field("localhost:8001", description="Triton gRPC endpoint, host:port.")
+    url: str = Field(
+        "localhost:8001",
+        min_length=1,
+        description="Triton's gRPC target: host:port, or several Tritons balanced round-robin: "
+        "ipv4:10.0.0.1:8001,10.0.0.2:8001, or dns:///triton-headless:8001 (every address the name resolves to).",
+    )
     request_timeout_s: float = Field(
         2.0, gt=0, le=120, description="Deadline of one inference call; past it /predict answers 503."
     )
@@ -299,6 +305,68 @@ class AdmissionSettings(_Section):
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After header of an overloaded answer.")
 
 
+_NODE_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+_REDIS_URL = re.compile(r"(redis|rediss|unix)://\S+")
+
+
+def _hostname() -> str:
+    """The default node id: the host name, which a StatefulSet keeps per pod (gateway-0, gateway-1)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:128]
+    return name or "gateway"
+
+
+class ClusterSettings(_Section):
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Cluster mode: redis://[:password@]host:port/db (rediss:// for TLS).  Streams are then shared "
+        "by every gateway with the same Redis: each runs on one of them, any of them serves its events.  Null: one "
+        "gateway on its own, with no Redis (the default).",
+    )
+    node_id: str | None = Field(
+        None,
+        pattern=_NODE_ID,
+        description="This gateway's id in the cluster (unique among live gateways); null: the host name.",
+    )
+    lease_s: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="A gateway that has not renewed its membership or a stream's lease for this long is gone: its "
+        "streams move to the others.  Renewed every lease_s / 3.",
+    )
+    key_prefix: str = Field(
+        "streamml",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of every Redis key (several stacks, one Redis).",
+    )
+    events_maxlen: int = Field(
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="Events kept per stream in its Redis Stream (XADD MAXLEN ~): how far back Last-Event-ID can "
+        "resume on any gateway.",
+    )
+    op_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="Deadline of one Redis command (socket timeout); past it Redis is down."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not _REDIS_URL.fullmatch(v.get_secret_value()):
+            raise ValueError("must be redis://, rediss:// or unix:// followed by the address")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def node(self) -> str:
+        """This gateway's id: ``node_id``, or the host name."""
+        return self.node_id or _hostname()
+
+
 class ServerSettings(_Section):
     host: str = Field("0.0.0.0", description="Address the gateway listens on.")  # noqa: S104 - a server
     port: int = Field(8000, ge=0, lt=65536, description="Port the gateway listens on.")
@@ -442,6 +510,10 @@ class Settings(BaseSettings):
         default_factory=ViewerSettings, description="The web viewer at / and the frames it shows."
     )
     demo: DemoSettings = Field(default_factory=DemoSettings, description="A demo stream when no camera is configured.")
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings,
+        description="Several gateways sharing the streams through Redis; off while cluster.redis_url is unset.",
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -123,3 +123,17 @@ class StreamRefused(BadRequest):
     """A runtime-added stream outside the URL policy: never opened."""
 
     code = "stream_refused"
+
+
+class ClusterUnavailable(GatewayError):
+    """Cluster mode: Redis does not answer, so the shared stream registry cannot change (or be read)."""
+
+    status = 503
+    code = "cluster_unavailable"
+
+
+class NotClustered(GatewayError):
+    """A cluster route on a gateway that runs on its own."""
+
+    status = 404
+    code = "not_clustered"

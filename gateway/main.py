@@ -17,12 +17,14 @@ from gateway.api import draining, errors, openapi
 from gateway.api.admission import Admission
 from gateway.api.auth import API_KEY_HEADER, REDACT_TOKENS, Authenticator
 from gateway.api.routes import auth as auth_routes
+from gateway.api.routes import cluster as cluster_routes
 from gateway.api.routes import health, predict, viewer
 from gateway.api.routes import metrics as metrics_routes
 from gateway.api.routes import streams as stream_routes
 from gateway.api.sse_guard import SseGuard
 from gateway.api.timing import PredictTimer
 from gateway.capture import Capturer, CaptureStats
+from gateway.cluster import Cluster
 from gateway.config import Settings, load_settings
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
@@ -80,23 +82,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog = ModelCatalog(settings, client)
         predictor = Predictor(settings, client, catalog, executor)
         capturer = Capturer(settings.capture)
-        streams = StreamManager(settings, predictor, metrics, capturer)
+        cluster = Cluster(settings, metrics) if settings.cluster.enabled else None
+        on_event = cluster.log.append if cluster is not None else None
+        streams = StreamManager(settings, predictor, metrics, capturer, on_event=on_event)
         guard = SseGuard(metrics, settings.ingest.max_client_lag_s)
         app.state.sse_guard = guard
         app.state.triton, app.state.catalog, app.state.predictor = client, catalog, predictor
         app.state.streams, app.state.capturer = streams, capturer
+        app.state.cluster = cluster.attach(streams) if cluster is not None else None
         drain: asyncio.Task[None] | None = None
         try:
             await catalog.warm(settings.model, settings.triton.startup_timeout_s)
             capturer.start()
             await streams.start()
+            if cluster is not None:
+                await cluster.start()
             guard.start()
-            drain = asyncio.create_task(draining.watch(streams.drain), name="drain-on-exit")
+            on_exit = cluster.drain if cluster is not None else streams.drain
+            drain = asyncio.create_task(draining.watch(on_exit), name="drain-on-exit")
             yield
         finally:
             if drain is not None:
                 drain.cancel()
             await guard.stop()
+            if cluster is not None:
+                await cluster.stop()
             await streams.stop()
             capturer.stop()
             await client.stop()
@@ -116,6 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A passive registry, so it exists before the lifespan; it reads the streams at scrape time.
     metrics = Metrics(lambda: _stream_rows(app), lambda: _capture_stats(app))
     app.state.metrics = metrics
+    _add_middleware(app, settings, metrics)
+    errors.install(app, retry_after_s=settings.triton.retry_after_s)
+    openapi.install(app, settings)
+    _include_routes(app, settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(Admission, settings=settings.admission, metrics=metrics)
     app.add_middleware(PredictTimer, metrics=metrics)  # outermost: refused requests are timed too
     if settings.cors_origins:
@@ -127,10 +145,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED,
             allow_credentials=settings.cors_allow_credentials,
         )
-    errors.install(app, retry_after_s=settings.triton.retry_after_s)
-    openapi.install(app, settings)
-    _include_routes(app, settings)
-    return app
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
@@ -139,5 +153,6 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(auth_routes.router)
     app.include_router(stream_routes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(cluster_routes.router)
     if settings.viewer.enabled:
         viewer.install(app)

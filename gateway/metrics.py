@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -102,6 +103,47 @@ class _StreamCollector(Collector):
             state.add_metric([*values, s.state.value], 1.0)
         yield from counters.values()
         yield from (transitions, fps, subs, running, state)
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    members: int
+    streams: int  # registered in the cluster
+    owned: int  # running here
+    redis_up: bool
+    events_written: int
+    events_dropped: int
+    events_pending: int
+    events_read: int
+    mirrors_subscribers: int
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, stats: Callable[[], ClusterStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        gauges = {
+            "cluster_members": ("Live gateways in the cluster, as this gateway last read them.", s.members),
+            "cluster_streams": ("Streams registered in the cluster.", s.streams),
+            "cluster_owned_streams": ("Streams this gateway runs.", s.owned),
+            "cluster_redis_up": ("1 while Redis answers this gateway.", 1.0 if s.redis_up else 0.0),
+            "cluster_events_pending": ("Events waiting to be appended to Redis.", s.events_pending),
+            "cluster_sse_subscribers": ("SSE subscribers of this gateway, over every stream.", s.mirrors_subscribers),
+        }
+        for name, (doc, value) in gauges.items():
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=float(value))
+        counters = {
+            "cluster_events_written": ("Events this gateway appended to Redis Streams.", s.events_written),
+            "cluster_events_dropped": (
+                "Events never appended to Redis: dropped while Redis was down and the queue was full, or refused.",
+                s.events_dropped,
+            ),
+            "cluster_events_read": ("Events this gateway read from Redis Streams for its subscribers.", s.events_read),
+        }
+        for name, (doc, value) in counters.items():
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(value))
 
 
 class _CaptureCollector(Collector):
@@ -191,8 +233,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.cluster_handovers = Counter(
+            f"{PREFIX}_cluster_stream_changes",
+            "Cluster mode: streams this gateway started (started) or stopped: removed from the registry (removed), "
+            "now another gateway's by rendezvous hashing (moved), or its lease found with another gateway "
+            "(lease_lost).",
+            ["kind"],
+            registry=r,
+        )
         r.register(_StreamCollector(streams))
         r.register(_CaptureCollector(capture))
+
+    def watch_cluster(self, stats: Callable[[], ClusterStats]) -> None:
+        """Cluster mode: export the node's figures, read at scrape time."""
+        self.registry.register(_ClusterCollector(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

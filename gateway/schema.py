@@ -135,6 +135,8 @@ TritonState: TypeAlias = Literal["available", "unavailable", "degraded"]
 
 SHUTTING_DOWN = "shutting_down"  # the reason of the last status event when the gateway stops
 EVENTS_LOST = "events_lost"  # the reason of the status event that announces a gap in a subscriber's events
+MOVING = "moving"  # cluster mode: the gateway that ran the stream stopped it; another one takes it over
+STREAM_REMOVED = "stream removed"  # the last status event of a stream removed with DELETE /streams/{id}
 
 
 class StatusEvent(Contract):
@@ -147,7 +149,9 @@ class StatusEvent(Contract):
         max_length=4096,
         description="Why, when there is a reason (empty otherwise).  `shutting_down`: the gateway is stopping; "
         "this is the response's last event (reconnect, to another replica if there is one).  `events_lost`: "
-        "see lost_events.",
+        "see lost_events.  `stream removed`: the stream's last event.  `moving` (cluster mode): the gateway that "
+        "ran the stream stopped it (it is leaving, or the stream now belongs to another gateway); the response "
+        "goes on, and the next run's events follow with a new run in their ids.",
     )
     at: float = Field(ge=0, le=MAX_TIME, description="When, Unix seconds.")
     triton: TritonState = Field(
@@ -270,6 +274,12 @@ class StreamInfo(Contract):
     last_event_id: str | None = Field(
         None, max_length=64, description="The id of the stream's latest SSE event ('<run>-<seq>'), if any."
     )
+    owner: str | None = Field(
+        None,
+        max_length=128,
+        description="Cluster mode: the id of the gateway that runs the stream (null while none does, e.g. during a "
+        "takeover).  Null for a gateway on its own.",
+    )
 
 
 class StreamHealth(Contract):
@@ -308,9 +318,47 @@ class SseToken(Contract):
 # --- health --------------------------------------------------------------------------------------
 
 
+ClusterState: TypeAlias = Literal["joining", "active", "redis_down", "stopped"]
+
+
+class ClusterHealth(Contract):
+    """Cluster mode: this gateway's place in the cluster."""
+
+    node_id: str = Field(max_length=128, description="This gateway's id (cluster.node_id).")
+    state: ClusterState = Field(
+        description="joining: not yet heard from Redis; active: in the cluster; redis_down: Redis does not answer "
+        "(streams this gateway runs keep running and serving its own subscribers, registry changes answer 503); "
+        "stopped: leaving."
+    )
+    members: list[str] = Field(max_length=100_000, description="Live gateways, as last read from Redis.")
+    streams: int = Field(ge=0, le=MAX_COUNT, description="Streams registered in the cluster, as last read.")
+    owned: int = Field(ge=0, le=MAX_COUNT, description="Streams this gateway runs.")
+    redis_down_s: float | None = Field(
+        None, ge=0, le=MAX_S, description="Seconds since Redis last answered, while it does not."
+    )
+
+
+class Ownership(Contract):
+    """One run of a stream on this gateway: from just before its reader started to just after it stopped."""
+
+    stream: str = Field(pattern=STREAM_ID_PATTERN)
+    started_at: float = Field(ge=0, le=MAX_TIME, description="Unix seconds.")
+    stopped_at: float | None = Field(None, ge=0, le=MAX_TIME, description="Unix seconds; null while it runs.")
+
+
+class ClusterStatus(ClusterHealth):
+    """``GET /cluster``: this gateway's view of the cluster, and the streams it ran (newest last)."""
+
+    running: list[str] = Field(max_length=100_000, description="Streams this gateway runs now.")
+    history: list[Ownership] = Field(
+        max_length=100_000, description="This gateway's recent stream runs (bounded), for audits of ownership."
+    )
+
+
 class Liveness(Contract):
     status: Literal["ok"] = "ok"
     uptime_s: float = Field(ge=0, le=MAX_S, description="Seconds since the gateway started.")
+    cluster: ClusterHealth | None = Field(None, description="Cluster mode only.")
 
 
 class TritonReadiness(Contract):
@@ -330,6 +378,11 @@ class ModelReadiness(Contract):
 class Components(Contract):
     triton: TritonReadiness
     models: dict[str, ModelReadiness]
+    cluster: ClusterHealth | None = Field(
+        None,
+        description="Cluster mode only.  Redis being down does not make the gateway unready: /predict and the "
+        "streams it runs still work.",
+    )
 
 
 class Readiness(Contract):

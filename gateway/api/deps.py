@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.cluster.node import ClusterNode
 from gateway.config import Settings
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
@@ -41,8 +42,15 @@ async def get_streams(request: Request) -> StreamManager:
     return streams
 
 
+async def get_cluster(request: Request) -> ClusterNode | None:
+    """The cluster node in cluster mode (cluster.redis_url), else None."""
+    cluster: ClusterNode | None = getattr(request.app.state, "cluster", None)
+    return cluster
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[TritonClient, Depends(get_client)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 StreamsDep = Annotated[StreamManager, Depends(get_streams)]
+ClusterDep = Annotated[ClusterNode | None, Depends(get_cluster)]

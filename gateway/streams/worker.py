@@ -14,16 +14,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
 from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable, ModelDegraded
-from gateway.fanout import Broadcaster, EventId, StatusFeed
+from gateway.fanout import Broadcaster, Envelope, EventId, StatusFeed
 from gateway.inference.predictor import Predictor
 from gateway.ingest import Frame, ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
 from gateway.metrics import EmfWindow, Metrics, emf_logger
-from gateway.schema import SHUTTING_DOWN, Latency, StatusEvent, StreamInfo, TritonState, prediction_event
+from gateway.schema import (
+    SHUTTING_DOWN,
+    STREAM_REMOVED,
+    Latency,
+    StatusEvent,
+    StreamInfo,
+    TritonState,
+    prediction_event,
+)
 from gateway.streams.snapshot import FrameSnapshot
 
 log = logging.getLogger(__name__)
@@ -48,9 +57,11 @@ class StreamWorker:
         run: int | None = None,
         previous: EventId | None = None,
         feed: StatusFeed | None = None,
+        on_event: Callable[[str, Envelope], None] | None = None,
     ) -> None:
         """``run``: this run's first event-id part (Unix ms), ``previous``: the last event id of the
-        stream's previous run, ``feed``: where status events also go (``GET /events``)."""
+        stream's previous run, ``feed``: where status events also go (``GET /events``), ``on_event``:
+        called with every event published (cluster mode appends it to Redis)."""
         self.config = config
         self.id = config.id
         self.model = config.model or settings.model
@@ -76,6 +87,7 @@ class StreamWorker:
         )
         self.snapshot = FrameSnapshot(self.id, settings.viewer.frame_interval_s, settings.viewer.jpeg_quality)
         self._feed = feed
+        self._on_event = on_event
         self.counters = WorkerCounters()
         self._predictor = predictor
         self._metrics = metrics
@@ -109,8 +121,8 @@ class StreamWorker:
         self._reader.start()
         self._task = asyncio.create_task(self._run(), name=f"infer-{self.id}")
 
-    async def stop(self) -> None:
-        """Stop the loop, then the reader; safe to call twice."""
+    async def stop(self, reason: str = STREAM_REMOVED) -> None:
+        """Stop the loop, then the reader; safe to call twice.  ``reason``: of the last status event."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -120,23 +132,26 @@ class StreamWorker:
             self._reader.stop()
             await asyncio.get_running_loop().run_in_executor(None, self._reader.join, 15.0)
         if not self.broadcaster.closed:
-            self._status(StreamState.STOPPED, "stream removed")
+            self._status(StreamState.STOPPED, reason)
             self.broadcaster.close()
 
-    def drain(self) -> None:
+    def drain(self, reason: str = SHUTTING_DOWN) -> None:
         """The gateway is shutting down: every subscriber gets a last ``status`` event
-        (reason ``shutting_down``) and then the end of its response.  The stream itself keeps
-        running until ``stop()``."""
+        (reason ``shutting_down``, or ``moving`` in cluster mode) and then the end of its
+        response.  The stream itself keeps running until ``stop()``."""
         if not self.broadcaster.closed:
-            self._status(StreamState.STOPPED, SHUTTING_DOWN)
+            self._status(StreamState.STOPPED, reason)
             self.broadcaster.close()
 
     def _status(self, state: StreamState, reason: str) -> None:
         envelope = self.broadcaster.publish(
             StatusEvent(stream=self.id, state=state, reason=reason, at=time.time(), triton=self.triton)
         )
-        if envelope is not None and self._feed is not None:
-            self._feed.publish(envelope)
+        if envelope is not None:
+            if self._feed is not None:
+                self._feed.publish(envelope)
+            if self._on_event is not None:
+                self._on_event(self.id, envelope)
 
     def _set_triton(self, state: TritonState, reason: str) -> None:
         """A change of the stream's inference health is a ``status`` event (once per change)."""
@@ -193,7 +208,9 @@ class StreamWorker:
                 total=round(total_ms, 3),
             ),
         )
-        self.broadcaster.publish(event)
+        envelope = self.broadcaster.publish(event)
+        if envelope is not None and self._on_event is not None:
+            self._on_event(self.id, envelope)
         self.snapshot.offer(frame)
         if self._capturer is not None:
             self._capturer.offer(event, frame.image)

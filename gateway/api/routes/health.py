@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api.deps import CatalogDep, ClientDep, PredictorDep, SettingsDep, StreamsDep
+from gateway.api.deps import CatalogDep, ClientDep, ClusterDep, PredictorDep, SettingsDep, StreamsDep
 from gateway.errors import GatewayError
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.predictor import Predictor
@@ -18,8 +18,11 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Liveness, summary="Liveness: the process is up. Never calls Triton.")
-async def health(request: Request) -> Liveness:
-    return Liveness(uptime_s=round(time.monotonic() - request.app.state.started_at, 3))
+async def health(request: Request, cluster: ClusterDep) -> Liveness:
+    return Liveness(
+        uptime_s=round(time.monotonic() - request.app.state.started_at, 3),
+        cluster=cluster.health() if cluster is not None else None,
+    )
 
 
 @router.get(
@@ -29,8 +32,13 @@ async def health(request: Request) -> Liveness:
     "moment the gateway is asked to stop).",
     responses={503: {"model": Readiness, "description": "Triton or a model is not ready; the body says which."}},
 )
-async def ready(
-    settings: SettingsDep, client: ClientDep, catalog: CatalogDep, predictor: PredictorDep, streams: StreamsDep
+async def ready(  # noqa: PLR0917 - FastAPI dependencies
+    settings: SettingsDep,
+    client: ClientDep,
+    catalog: CatalogDep,
+    predictor: PredictorDep,
+    streams: StreamsDep,
+    cluster: ClusterDep,
 ) -> JSONResponse:
     names = list(dict.fromkeys([settings.model, *(s.model for s in settings.all_streams() if s.model)]))
     server_ok, *models_ok = await asyncio.gather(client.server_ready(), *(client.model_ready(n) for n in names))
@@ -42,7 +50,11 @@ async def ready(
     body = Readiness(
         ready=is_ready,
         shutting_down=streams.draining,
-        components=Components(triton=TritonReadiness(ready=bool(server_ok), url=settings.triton.url), models=models),
+        components=Components(
+            triton=TritonReadiness(ready=bool(server_ok), url=settings.triton.url),
+            models=models,
+            cluster=cluster.health() if cluster is not None else None,
+        ),
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if is_ready else 503)
 

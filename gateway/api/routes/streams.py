@@ -10,11 +10,12 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from gateway.api.auth import KEY_OR_TOKEN_REQUIRED, KEY_REQUIRED
-from gateway.api.deps import SettingsDep, StreamsDep
+from gateway.api.deps import ClusterDep, SettingsDep, StreamsDep
 from gateway.api.errors import responses
 from gateway.api.sse_guard import SseGuard, Watched
+from gateway.cluster.node import ClusterNode
 from gateway.config import Settings
-from gateway.errors import StreamNotFound, SubscriberLimit
+from gateway.errors import FrameNotReady, StreamNotFound, SubscriberLimit
 from gateway.fanout import Envelope, EventId, Subscription
 from gateway.ingest import StreamState
 from gateway.schema import STREAM_ID_PATTERN, StreamCreate, StreamHealth, StreamInfo, event_type
@@ -103,7 +104,9 @@ def _sse_event(envelope: Envelope) -> ServerSentEvent:
 
 def _admit(request: Request, streams: StreamManager, settings: Settings) -> None:
     limit = settings.ingest.max_subscribers
-    if sum(w.broadcaster.subscribers for w in streams.list()) + streams.feed.subscribers >= limit:
+    cluster: ClusterNode | None = request.app.state.cluster
+    mirrored = cluster.hub.subscribers if cluster is not None else 0
+    if sum(w.broadcaster.subscribers for w in streams.list()) + streams.feed.subscribers + mirrored >= limit:
         request.app.state.metrics.sse_dropped.labels("limit").inc()
         raise SubscriberLimit(f"{limit} SSE subscribers are connected, the limit (ingest.max_subscribers)")
 
@@ -134,9 +137,16 @@ def _serve(
     )
 
 
-def _sse(
+async def _sse(
     request: Request, streams: StreamManager, settings: Settings, sid: str, after: EventId | None
 ) -> EventSourceResponse:
+    cluster: ClusterNode | None = request.app.state.cluster
+    if cluster is not None:  # any gateway serves any stream's events, from Redis
+        if not await cluster.exists(sid):
+            raise StreamNotFound(f"no stream {sid!r}")
+        _admit(request, streams, settings)
+        sub, unsubscribe = await cluster.hub.subscribe(sid, after)
+        return _serve(request, settings, sub, unsubscribe=unsubscribe, label=sid, notice=cluster.hub.notice_for(sid))
     worker = streams.get(sid)
     _admit(request, streams, settings)
     broadcaster = worker.broadcaster
@@ -179,7 +189,7 @@ async def default_stream(
     if streams.default_id is None:
         raise StreamNotFound("no default stream: set rtsp_url or streams in the configuration")
     after = _resume_point(last_event_id, last_event_id_query)
-    return _sse(request, streams, settings, streams.default_id, after)
+    return await _sse(request, streams, settings, streams.default_id, after)
 
 
 @router.get(
@@ -198,7 +208,7 @@ async def stream_events(
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> EventSourceResponse:
-    return _sse(request, streams, settings, sid, _resume_point(last_event_id, last_event_id_query))
+    return await _sse(request, streams, settings, sid, _resume_point(last_event_id, last_event_id_query))
 
 
 @router.get(
@@ -216,7 +226,9 @@ async def stream_events(
     dependencies=[KEY_OR_TOKEN_REQUIRED],  # an <img src> sends no headers either: ?token= works here too
     summary="The latest frame a stream predicted on, as a JPEG (for the viewer).",
 )
-async def stream_frame(sid: StreamId, streams: StreamsDep) -> Response:
+async def stream_frame(sid: StreamId, streams: StreamsDep, cluster: ClusterDep) -> Response:
+    if cluster is not None and streams.broadcaster_of(sid) is None and await cluster.exists(sid):
+        raise FrameNotReady(f"stream {sid!r} runs on another gateway of the cluster; its frames are served there")
     jpeg = await streams.get(sid).snapshot.jpeg()
     return Response(
         jpeg.data,
@@ -236,7 +248,9 @@ async def stream_frame(sid: StreamId, streams: StreamsDep) -> Response:
     dependencies=[KEY_REQUIRED],  # camera hosts are visible, even with passwords redacted
     summary="Every stream with its state and counters.",
 )
-async def list_streams(streams: StreamsDep) -> list[StreamInfo]:
+async def list_streams(streams: StreamsDep, cluster: ClusterDep) -> list[StreamInfo]:
+    if cluster is not None:
+        return await cluster.streams()
     return [w.describe() for w in streams.list()]
 
 
@@ -244,11 +258,14 @@ async def list_streams(streams: StreamsDep) -> list[StreamInfo]:
     "/streams",
     status_code=201,
     response_model=StreamInfo,
-    responses=responses(400, 401, 403, 409, 422),
+    responses=responses(400, 401, 403, 409, 422, 503),
     dependencies=[KEY_REQUIRED],
-    summary="Add an RTSP stream at runtime (checked against stream_policy).",
+    summary="Add an RTSP stream at runtime (checked against stream_policy).  Cluster mode: registered for "
+    "every gateway; the one that owns it starts it within a second (503 while Redis is down).",
 )
-async def add_stream(stream: StreamCreate, streams: StreamsDep) -> StreamInfo:
+async def add_stream(stream: StreamCreate, streams: StreamsDep, cluster: ClusterDep) -> StreamInfo:
+    if cluster is not None:
+        return await cluster.create(stream)
     worker = await streams.create(stream)
     return worker.describe()
 
@@ -257,11 +274,15 @@ async def add_stream(stream: StreamCreate, streams: StreamsDep) -> StreamInfo:
     "/streams/{sid}",
     status_code=204,
     response_class=Response,
-    responses=responses(401, 404, 422),
+    responses=responses(401, 404, 422, 503),
     dependencies=[KEY_REQUIRED],
-    summary="Stop and remove a stream.",
+    summary="Stop and remove a stream.  Cluster mode: on any gateway; the one running it stops it within a "
+    "second (503 while Redis is down).",
 )
-async def remove_stream(sid: StreamId, streams: StreamsDep) -> Response:
+async def remove_stream(sid: StreamId, streams: StreamsDep, cluster: ClusterDep) -> Response:
+    if cluster is not None:
+        await cluster.delete(sid)
+        return Response(status_code=204)
     await streams.remove(sid)
     return Response(status_code=204)
 
@@ -272,8 +293,9 @@ async def remove_stream(sid: StreamId, streams: StreamsDep) -> Response:
     responses={503: {"model": StreamHealth, "description": "A configured stream is not running."}},
     summary="Per-stream health; 200 only when every configured stream is running.",
 )
-async def stream_health(streams: StreamsDep) -> JSONResponse:
-    workers = {w.id: w.describe() for w in streams.list()}
+async def stream_health(streams: StreamsDep, cluster: ClusterDep) -> JSONResponse:
+    rows = await cluster.streams() if cluster is not None else [w.describe() for w in streams.list()]
+    workers = {w.id: w for w in rows}
     healthy = all(sid in workers and workers[sid].state is StreamState.RUNNING for sid in streams.configured)
     body = StreamHealth(healthy=healthy, streams=workers)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
