@@ -9,13 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from gateway.config import Settings
 from harness.helpers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 TEST_API_KEY = "test-gateway-api-key-0123456789"  # compose requires GATEWAY_API_KEY; the tests give it this
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def settings_paths(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
+    """Every setting's dotted path, nested sections included (what deploy files may set)."""
+    out = set()
+    for name, info in model.model_fields.items():
+        out.add(f"{prefix}{name}")
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out |= settings_paths(info.annotation, f"{prefix}{name}.")
+    return out
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:

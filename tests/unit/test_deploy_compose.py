@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from gateway.config import Settings, StreamConfig, load_settings
 from gateway.main import create_app
@@ -25,21 +24,13 @@ from harness.deploy import (
     interpolate,
     seconds,
     service_env,
+    settings_paths,
     variables,
 )
 from harness.helpers import PYTHON, ROOT
 
 CHECK_JSONSCHEMA = str(Path(PYTHON).with_name("check-jsonschema"))
 SPECIAL = {"APP_CONFIG", "APP_SECRETS_DIR"}  # read by gateway/config.py itself, not settings
-
-
-def settings_paths(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
-    out = set()
-    for name, info in model.model_fields.items():
-        out.add(f"{prefix}{name}")
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            out |= settings_paths(info.annotation, f"{prefix}{name}.")
-    return out
 
 
 @pytest.fixture(scope="module")

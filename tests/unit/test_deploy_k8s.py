@@ -20,11 +20,10 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from gateway.config import Settings, load_settings
 from gateway.main import create_app
-from harness.deploy import TEST_API_KEY, compose, dockerfile
+from harness.deploy import TEST_API_KEY, compose, dockerfile, settings_paths
 from harness.helpers import PYTHON, ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -203,15 +202,6 @@ def resolve_env(c: dict[str, Any], namespace: str, pod: str, doc: Rendered) -> d
         else:
             raise AssertionError(f"{where}: unexpected valueFrom {ref}")
     return env
-
-
-def settings_paths(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
-    out = set()
-    for name, info in model.model_fields.items():
-        out.add(f"{prefix}{name}")
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            out |= settings_paths(info.annotation, f"{prefix}{name}.")
-    return out
 
 
 def yaml_paths(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
