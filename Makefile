@@ -225,6 +225,9 @@ bench-capture: setup system-deps ## Capture overhead: N RTSP streams, capture of
 bench-viewer: setup system-deps ## The viewer's cost: gateway CPU with 10 Chromium viewers vs none, side by side
 	$(PY) -m bench.viewer_cost
 
+bench-cluster: setup system-deps ## Cluster mode's cost: 1, 2, 3 gateways + Redis vs one gateway, same streams; table + JSON
+	$(PY) -m bench.cluster_scale
+
 bench-detector: setup ## Detector: Triton gRPC at concurrency 1,4,8 vs eager torchvision and ORT in process; table + JSON
 	$(PY) -m bench.detector
 
@@ -234,4 +237,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) $(DVENV) *.egg-info
 
-.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture bench-viewer clean distclean
+.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture bench-viewer bench-cluster clean distclean

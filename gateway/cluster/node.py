@@ -10,12 +10,13 @@
    may still miss gateways that have not heartbeated yet: the node then only keeps (and claims)
    what already runs here.  After that, a stream belongs here when rendezvous hashing over the live members says so
    (``gateway.cluster.ownership``).  Streams that no longer belong here (removed, or moved to a
-   gateway that joined) are stopped, and only once their reader has stopped is their lease
-   released.  Then the leases of the streams that belong here are claimed (renewed or taken,
+   gateway that joined) are stopped, and their leases are renewed until their reader has
+   stopped, then released.  Then the leases of the streams that belong here are claimed (renewed or taken,
    one script); a stream starts only once its lease is held, and stops as soon as a renewal
    says another gateway holds it.  So two gateways never decode the same camera at once.
 4. **Descriptions**: the state and counters of the streams running here go to Redis for
-   ``GET /streams`` on every gateway.
+   ``GET /streams`` on every gateway: at once when a stream's state changes, else every
+   ``INFO_EVERY_S``.
 
 When a gateway dies, its membership expires after ``lease_s`` and its leases too; the
 next ticks of the others give its streams new owners: a takeover within ``lease_s`` plus
@@ -54,6 +55,7 @@ from gateway.streams.manager import StreamManager
 
 log = logging.getLogger(__name__)
 HISTORY = 2000  # stream runs remembered for GET /cluster
+INFO_EVERY_S = 5.0  # a stream's description in Redis is at most this old (state changes: at once)
 
 
 class NodeState(enum.Enum):
@@ -111,11 +113,13 @@ class ClusterNode:
         self._epoch: str | None = None
         self._infos: dict[str, StreamInfo] = {}  # last read, for GET /streams while Redis is down
         self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._handing: set[str] = set()  # retiring streams whose lease is released once they stopped
         self._runs: dict[str, Ownership] = {}  # stream -> its run here (open)
         self.history: deque[Ownership] = deque(maxlen=HISTORY)
         self._redis_ok_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._written: dict[str, tuple[tuple[StreamState, str], float]] = {}  # stream -> what was written, when
         self._feed_seen: dict[str, str] = {}  # stream -> id of the last status sent to GET /events
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -140,12 +144,26 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         running = [w.id for w in self._manager.list()]
-        await asyncio.gather(*(self._retire(sid, release=False) for sid in running))
-        await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        # the leases stay ours while the readers stop (which can outlast lease_s): no new owner
+        # starts a camera before this gateway has let go of it
+        keeper = asyncio.create_task(self._keep(running), name="cluster-keep-leases")
+        try:
+            await asyncio.gather(*(self._retire(sid, release=False) for sid in running))
+            await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         with contextlib.suppress(ClusterUnavailable):
             await self._store.release(self.node_id, running)
             await self._store.leave(self.node_id)
         self._set(NodeState.STOPPED, "stopped")
+
+    async def _keep(self, sids: list[str]) -> None:
+        while True:
+            with contextlib.suppress(ClusterUnavailable):
+                await self._store.claim(self.node_id, sids, self._lease_ms)
+            await asyncio.sleep(self.tick_s)
 
     def drain(self) -> None:
         """SIGTERM: the streams here tell their subscribers everywhere that they move (``moving``)."""
@@ -203,9 +221,11 @@ class ClusterNode:
         for sid in running - mine:  # removed, or belongs to another gateway now
             self._metrics.cluster_handovers.labels("removed" if sid not in self.registry else "moved").inc()
             self._start_retiring(sid)
-        claim = sorted(sid for sid in mine if sid not in self._retiring)
+        # claim what belongs here, and keep the leases of what is being handed over until its
+        # reader has stopped (stopping can outlast lease_s; the next owner waits for the release)
+        claim = sorted({sid for sid in mine if sid not in self._retiring} | self._handing)
         held = await self._store.claim(self.node_id, claim, self._lease_ms)
-        for sid in sorted(running & mine):
+        for sid in sorted((running & mine) - set(self._retiring)):
             if not held.get(sid, False):  # another gateway holds it: stop here at once
                 log.warning("cluster: lost the lease of stream %s; stopping it here", sid)
                 self._metrics.cluster_handovers.labels("lease_lost").inc()
@@ -240,7 +260,14 @@ class ClusterNode:
         if sid not in self._retiring:
             task = asyncio.create_task(self._retire(sid, release=release), name=f"retire-{sid}")
             self._retiring[sid] = task
-            task.add_done_callback(lambda _: self._retiring.pop(sid, None))
+            if release:
+                self._handing.add(sid)
+
+            def done(_: object) -> None:
+                self._retiring.pop(sid, None)
+                self._handing.discard(sid)
+
+            task.add_done_callback(done)
 
     async def _retire(self, sid: str, *, release: bool) -> None:
         """Stop a stream here; then (``release``) hand its lease back so its next owner starts it now."""
@@ -256,10 +283,19 @@ class ClusterNode:
                     await self._store.drop_info([sid])
 
     async def _publish_infos(self) -> None:
+        """Descriptions of the streams here: at once when a state changes, else every ``INFO_EVERY_S``
+        (they are most of Redis' write traffic: ~600 bytes per stream)."""
+        now = time.monotonic()
         rows = {}
         for worker in self._manager.list():
-            info = worker.describe().model_copy(update={"owner": self.node_id})
-            rows[worker.id] = info.model_dump_json()
+            info = worker.describe()
+            key = (info.state, info.triton)
+            last = self._written.get(worker.id)
+            if last is None or last[0] != key or now - last[1] >= INFO_EVERY_S:
+                rows[worker.id] = info.model_copy(update={"owner": self.node_id}).model_dump_json()
+                self._written[worker.id] = (key, now)
+        for sid in [s for s in self._written if self._manager.broadcaster_of(s) is None]:
+            del self._written[sid]
         await self._store.put_info(rows)
 
     async def _feed_statuses(self) -> None:

@@ -45,7 +45,7 @@ class Cluster:
     env: dict[str, str]
     tmp: Path
     nodes: dict[str, GatewayProcess] = field(default_factory=dict)
-    killed: dict[str, float] = field(default_factory=dict)  # node -> when it was SIGKILLed
+    gone: dict[int, float] = field(default_factory=dict)  # gateway pid -> when it was SIGKILLed or had stopped
 
     def start(self, node: str) -> GatewayProcess:
         gw = GatewayProcess({**self.env, "APP_CLUSTER__NODE_ID": node}, self.tmp / f"{node}.log")
@@ -93,7 +93,7 @@ class OwnershipAudit:
         self.c = c
         self.samples = 0
         self.duplicates: list[str] = []
-        self.last: dict[str, dict[str, Any]] = {}  # node -> its last /cluster answer
+        self.last: dict[tuple[str, int], dict[str, Any]] = {}  # (node, pid) -> its last /cluster answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ownership-audit", daemon=True)
         self._thread.start()
@@ -107,18 +107,18 @@ class OwnershipAudit:
                         ids = [r["id"] for r in rows]
                         if len(ids) != len(set(ids)):
                             self.duplicates.append(f"{node}: {ids}")
-                        self.last[node] = client.get(f"{gw.url}/cluster").json()
+                        self.last[(node, gw.pid)] = client.get(f"{gw.url}/cluster").json()
                         self.samples += 1
 
     def runs(self) -> list[tuple[str, str, float, float]]:
-        """(stream, node, started, stopped) of every run seen; a killed gateway's open runs end at its kill."""
+        """(stream, node, started, stopped) of every run seen; a gone gateway's open runs end when it went."""
         out = []
         now = time.time()
-        for node, status in self.last.items():
-            end = self.c.killed.get(node, now)
+        for (node, pid), status in self.last.items():  # each process of a gateway: a restart is another
+            end = self.c.gone.get(pid, now)
             for run in status["history"]:
                 stopped = run["stopped_at"] if run["stopped_at"] is not None else end
-                out.append((run["stream"], node, run["started_at"], min(stopped, end)))
+                out.append((run["stream"], f"{node}[{pid}]", run["started_at"], min(stopped, end)))
         return out
 
     def check(self) -> None:
@@ -290,7 +290,7 @@ def test_a_killed_gateway_s_streams_move_and_subscribers_stay(cluster: Cluster, 
         gw_b = cluster.nodes["gw-b"]
         os.kill(gw_b.pid, signal.SIGKILL)
         killed = time.time()
-        cluster.killed["gw-b"] = killed
+        cluster.gone[gw_b.pid] = killed
         assert gw_b.proc is not None
         gw_b.proc.wait(10)
         # Then its streams are owned again within lease_s + 5 s
@@ -338,3 +338,25 @@ def test_redis_restarted_empty_streams_keep_running_and_resynchronise(cluster: C
         up = time.time()
         wait_until(lambda: len(rec.of("prediction", after=up)) >= 2, 30, what="events after Redis came back")
         assert rec.response is None, "the local subscriber was disconnected"
+
+
+def test_a_gateway_that_stops_cleanly_hands_its_streams_over_at_once(cluster: Cluster, audit: OwnershipAudit) -> None:
+    wait_until(lambda: _settled(cluster, set(STREAMS)), 30, what="a settled cluster")
+    sid = _stream_of(cluster, "gw-c")
+    with SseRecorder(f"{cluster.url('gw-a')}/streams/{sid}/events", seconds=120) as rec:
+        wait_until(lambda: len(rec.of("prediction")) >= 1, 30, what="a prediction")
+        # When gw-c is stopped with SIGTERM (a rolling update, a scale-down)
+        stopping = time.time()
+        gw_c = cluster.nodes["gw-c"]
+        pid = gw_c.pid
+        gw_c.stop()
+        cluster.gone[pid] = time.time()  # its streams stopped by now, whatever its last sample said
+        # Then its streams move without waiting for its lease to expire
+        wait_until(lambda: _settled(cluster, set(STREAMS)), LEASE_S, interval=0.1, what="a handover")
+        moved = time.time() - stopping
+        # And the client on gw-a was told, and goes on with the new owner's events
+        wait_until(lambda: len(rec.of("prediction", after=stopping + moved)) >= 1, 30, what="the new owner's events")
+        assert rec.response is None, "the subscriber was disconnected"
+    reasons = [e.data["reason"] for e in rec.of("status")]
+    assert "moving" in reasons, reasons
+    print(f"handover on SIGTERM in {moved:.2f}s")
