@@ -203,7 +203,9 @@ class Metrics:
         )
         self.inference_retries = Counter(
             f"{PREFIX}_inference_retries",
-            "Inferences sent a second time, by reason: crashed_instance (a stub died), retired_version.",
+            "Inferences sent again, by reason: crashed_instance (a stub died), retired_version, "
+            "endpoint_unavailable (a Triton went away; several Tritons), endpoint_lacks_model (a Triton without "
+            "the model).",
             ["model", "reason"],
             registry=r,
         )

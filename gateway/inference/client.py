@@ -5,14 +5,24 @@ app.  Every call has a deadline, and tritonclient's errors become the gateway's
 own (``InferenceUnavailable``, ``InferenceTimeout``, ``InferenceFailed``,
 ``ModelNotFound``), always ``raise ... from``.  Model facts (input name, shape,
 dtype, output, labels) are read from Triton's metadata and config, not hard-coded.
+
+The channel's target may name several Tritons (``ipv4:a:8001,b:8001``, or
+``dns:///triton-headless:8001``).  gRPC then balances calls round-robin over the
+connected ones and skips one it cannot reach; a call that met a Triton going away
+(UNAVAILABLE) or lacking the model (NOT_FOUND) is sent again, to the next one; and a
+readiness probe asks as many Tritons as the target names, true when any says ready.
+A plain ``host:port`` keeps gRPC's default (pick_first) and none of these retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,6 +46,25 @@ RETIRED_VERSION = "is not at ready state"  # Triton's words for a version being 
 # ("Stub process 'm_0_1' is not healthy.", "Failed to restart the stub process", ...).
 CRASHED_INSTANCE = re.compile(r"stub process .* is not healthy|restart(ing)? the stub|stub .*(crash|restart)", re.I)
 RetryHook = Callable[[str, str], None]  # (model, reason): counted by the caller
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+DNS_ENDPOINTS = 3  # a dns:/// target names an unknown number of Tritons: asked as if it named this many
+MAX_ENDPOINT_RETRIES = 3  # an inference sent again on another endpoint at most this often
+MIN_ATTEMPT_S = 0.05  # no retry with less of the request's deadline left than this
+FACT_TRIES = 8  # reads of a version's metadata or config, when some Tritons may not serve that version
+
+
+def endpoints(url: str) -> int:
+    """How many Tritons a gRPC target names: the addresses of an ``ipv4:``/``ipv6:`` list,
+    ``DNS_ENDPOINTS`` for a ``dns:`` target (its name may resolve to several), else 1
+    (``host:port``, ``unix:``: one Triton, even when a name resolves to several addresses)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep:
+        return 1
+    if scheme in ("ipv4", "ipv6"):
+        return max(1, len([a for a in rest.split(",") if a.strip()]))
+    if scheme == "dns":
+        return DNS_ENDPOINTS
+    return 1
 
 
 class TritonClient:
@@ -45,6 +74,7 @@ class TritonClient:
         self._settings = settings
         self._client: grpcaio.InferenceServerClient | None = None
         self._on_retry = on_retry or (lambda model, reason: None)
+        self.endpoints = endpoints(settings.url)
 
     async def start(self) -> None:
         if self._client is not None:
@@ -65,6 +95,8 @@ class TritonClient:
                 ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
                 ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
                 ("grpc.max_reconnect_backoff_ms", backoff_ms),
+                # Several Tritons: every call to the next connected one (a dead endpoint is skipped).
+                *([("grpc.service_config", ROUND_ROBIN)] if self.endpoints > 1 else []),
             ],
         )
 
@@ -102,44 +134,104 @@ class TritonClient:
           on a healthy one even when other clients' requests take turns in between (one
           retry alone lost 1 request in 40 with a stream running beside, and (instances - 1)
           retries let a 5 fps stream meet the dead one on every try in 1 of 4 CI runs).
-          If every attempt meets a crash, the model is degraded (``ModelDegraded``, 503).
+          If every attempt meets a crash, the model is degraded (``ModelDegraded``, 503);
+        - a Triton that cannot serve it (several Tritons only): gRPC answers UNAVAILABLE for a
+          call on a connection that was refused or reset (the Triton it went to was killed
+          mid-call: "Stream removed (recvmsg:Connection reset by peer)"), and Triton answers
+          NOT_FOUND for a model it does not serve (yet); round-robin sends the next try to the
+          next Triton.  Up to ``min(endpoints, MAX_ENDPOINT_RETRIES)`` times
+          (``endpoint_unavailable``, ``endpoint_lacks_model``), and only within the
+          request's deadline (``request_timeout_s`` from the first try): a Triton going
+          away does not make a request take longer than one call may.  (The two retries
+          above give each try the whole deadline, as before: Triton took up to ~1 s to
+          answer "not healthy" with both instances dead.)
 
-        Nothing else is retried, and each retry is reported to ``on_retry``."""
+        Nothing else is retried: not a deadline spent (DEADLINE_EXCEEDED), not a request Triton
+        rejected (INVALID_ARG, INTERNAL), and with one Triton not an UNAVAILABLE or NOT_FOUND
+        either (the same Triton would answer).  Each retry is reported to ``on_retry``."""
         t = self._settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t
         what = f"inference on {name}"
         crash_retries = max(2, instances)
+        endpoint_tries = min(self.endpoints, MAX_ENDPOINT_RETRIES) if self.endpoints > 1 else 0
+        endpoint_retries = endpoint_tries
         retired = False
+        timeout = t
         while True:
+            pause = 0.0
             try:
-                return await self._call(self._c.infer(name, inputs, outputs=outputs, client_timeout=t), what, t)
-            except InferenceUnavailable as e:
-                if retired or RETIRED_VERSION not in str(e) or isinstance(e, InferenceTimeout):
+                call = self._c.infer(name, inputs, outputs=outputs, client_timeout=timeout)
+                return await self._call(call, what, timeout)
+            except (InferenceUnavailable, ModelNotFound) as e:
+                error: Exception = e
+                if not retired and RETIRED_VERSION in e.message and not isinstance(e, InferenceTimeout):
+                    retired, reason = True, "retired_version"
+                    log.info("%s met a retired version (%s); sending it again", what, e)
+                elif endpoint_retries > 0 and _another_may_serve(e):
+                    # the first retry at once, the later ones after a pause (gRPC may not have
+                    # marked the dead Triton yet), jittered so that a burst does not return as one
+                    pause = random.uniform(0.5, 1.0) * 0.05 * (endpoint_tries - endpoint_retries)  # noqa: S311
+                    endpoint_retries -= 1
+                    reason = "endpoint_lacks_model" if isinstance(e, ModelNotFound) else "endpoint_unavailable"
+                    log.warning("%s; sending it to another Triton", e.message)
+                else:
                     raise
-                retired = True
-                log.info("%s met a retired version (%s); sending it again", what, e)
-                self._on_retry(name, "retired_version")
             except InferenceFailed as e:
                 if not CRASHED_INSTANCE.search(e.message):
                     raise
                 if crash_retries == 0:
                     raise ModelDegraded(f"model {name} is degraded: an instance crashed ({e.message})") from e
+                error, reason = e, "crashed_instance"
                 crash_retries -= 1
                 log.warning("%s met a crashed instance (%s); sending it again", what, e.message)
-                self._on_retry(name, "crashed_instance")
+            timeout = deadline - loop.time() - pause if reason.startswith("endpoint_") else t
+            if timeout < MIN_ATTEMPT_S:
+                raise error  # no time left for another try: the refusal stands
+            self._on_retry(name, reason)
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def _anywhere(self, probe: Callable[[], Awaitable[bool]]) -> bool:
+        """``probe()`` asked of as many Tritons as the target names, at once (round-robin sends
+        each call to the next connected one): true as soon as one says true.  One deadline
+        for all of them, so a hung Triton does not hide a ready one."""
+        if self.endpoints == 1:
+            return await probe()
+        tasks = [asyncio.ensure_future(probe()) for _ in range(self.endpoints)]
+        try:
+            for answer in asyncio.as_completed(tasks):
+                if await answer:
+                    return True
+            return False
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def server_ready(self) -> bool:
+        """Is Triton ready?  With several, is any of them ready (requests that meet one that
+        is not are sent to another)."""
         t = self._settings.health_timeout_s
-        try:
-            return bool(await self._call(self._c.is_server_ready(client_timeout=t), "server ready", t))
-        except InferenceUnavailable:
-            return False
+
+        async def probe() -> bool:
+            try:
+                return bool(await self._call(self._c.is_server_ready(client_timeout=t), "server ready", t))
+            except InferenceUnavailable:
+                return False
+
+        return await self._anywhere(probe)
 
     async def model_ready(self, name: str) -> bool:
+        """Is the model ready (on any of the Tritons)?"""
         t = self._settings.health_timeout_s
-        try:
-            return bool(await self._call(self._c.is_model_ready(name, client_timeout=t), f"{name} ready", t))
-        except (InferenceUnavailable, ModelNotFound, InferenceFailed):
-            return False
+
+        async def probe() -> bool:
+            try:
+                return bool(await self._call(self._c.is_model_ready(name, client_timeout=t), f"{name} ready", t))
+            except (InferenceUnavailable, ModelNotFound, InferenceFailed):
+                return False
+
+        return await self._anywhere(probe)
 
     async def wait_ready(self, names: list[str], timeout: float) -> bool:
         """Poll until the server and every model are ready, or ``timeout`` passes."""
@@ -163,20 +255,8 @@ class TritonClient:
 
     async def model_info(self, name: str, version: str = "") -> ModelInfo:
         """Facts of ``version`` (default: the newest loaded) of model ``name``."""
-        t = self._settings.request_timeout_s
-        what = f"{name} v{version}" if version else name
-        try:
-            meta = await self._call(
-                self._c.get_model_metadata(name, version, client_timeout=t), f"metadata of {what}", t
-            )
-        except ModelNotFound as e:
-            if version:
-                raise
-            served = await self.served_models()
-            raise ModelNotFound(f"unknown model {name!r}; Triton serves: {', '.join(served) or 'nothing'}") from e
-        cfg = (
-            await self._call(self._c.get_model_config(name, version, client_timeout=t), f"config of {what}", t)
-        ).config
+        meta, cfg = await self._metadata_and_config(name, version)
+        version = version or _newest(meta.versions)
         if len(meta.inputs) != 1:
             raise InferenceFailed(f"model {name} has {len(meta.inputs)} inputs; a classifier takes one image tensor")
         inp = meta.inputs[0]
@@ -201,7 +281,7 @@ class TritonClient:
             )
         common = {
             "name": name,
-            "version": version or _newest(meta.versions),
+            "version": version,
             "input_name": inp.name,
             "input_datatype": inp.datatype,
             "input_shape": (shape[0], shape[1], shape[2]),
@@ -231,6 +311,51 @@ class TritonClient:
             num_classes=int(outputs[PROBABILITIES].shape[-1]),
             **common,
         )
+
+    async def _metadata_and_config(self, name: str, version: str) -> tuple[Any, Any]:
+        """The model's metadata, and the config of the same version (the newest one the metadata
+        names, when ``version`` is "").  These are two calls, which may reach two Tritons, or
+        straddle a version swap on one:
+
+        - with several Tritons, each call that meets one without the model or that version
+          (NOT_FOUND, or UNAVAILABLE) is sent again, up to ``FACT_TRIES`` times in all;
+          round-robin moves each try on to the next Triton (metadata then config, asked in
+          pairs, would meet the same two Tritons every time);
+        - with one, a config that is gone (the version was just retired) is read again
+          once, from the metadata up."""
+        t = self._settings.request_timeout_s
+        what = f"{name} v{version}" if version else name
+        tries = min(FACT_TRIES, 2 * self.endpoints) if self.endpoints > 1 else 1
+        for swap in (False, True):
+            try:
+                metadata = partial(self._c.get_model_metadata, name, version, client_timeout=t)
+                meta = await self._until_served(metadata, f"metadata of {what}", tries)
+            except ModelNotFound as e:
+                if version:
+                    raise
+                served = await self.served_models()
+                raise ModelNotFound(f"unknown model {name!r}; Triton serves: {', '.join(served) or 'nothing'}") from e
+            newest = version or _newest(meta.versions)
+            try:
+                config = partial(self._c.get_model_config, name, newest, client_timeout=t)
+                return meta, (await self._until_served(config, f"config of {name} v{newest}", tries)).config
+            except (ModelNotFound, InferenceUnavailable) as e:
+                if swap or version or self.endpoints > 1 or not _another_may_serve(e):
+                    raise
+                log.debug("config of %s v%s: %s; reading the metadata again", name, newest, e)
+        raise AssertionError("unreachable")  # the second pass returns or raises
+
+    async def _until_served(self, call: Callable[[], Awaitable[T]], what: str, tries: int) -> T:
+        """``call()`` up to ``tries`` times while it meets a Triton that lacks what it asks for."""
+        t = self._settings.request_timeout_s
+        for attempt in range(1, tries + 1):
+            try:
+                return await self._call(call(), what, t)
+            except (ModelNotFound, InferenceUnavailable) as e:
+                if attempt == tries or not _another_may_serve(e):
+                    raise
+                log.debug("%s: %s; asking again (%d of %d)", what, e, attempt, tries)
+        raise AssertionError("unreachable")  # the last try returns or raises
 
     async def classify(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[ClassScore]], str]:
         """Top-k per image, computed on the server by Triton's classification extension
@@ -268,6 +393,21 @@ class TritonClient:
 
 def _version(result: Any) -> str:
     return str(result.get_response().model_version)
+
+
+def _status(e: Exception) -> str:
+    """The gRPC status code (``UNAVAILABLE``, ...) behind one of our errors, or "" when it did not
+    come from a gRPC answer (a client not started)."""
+    cause = e.__cause__
+    if isinstance(cause, InferenceServerException):
+        return str(cause.status() or "").removeprefix("StatusCode.")
+    return ""
+
+
+def _another_may_serve(e: Exception) -> bool:
+    """A refusal that another Triton (or the same one a moment later) may not repeat: a model
+    or version it does not serve, or a connection that failed; not a deadline spent."""
+    return isinstance(e, ModelNotFound) or (not isinstance(e, InferenceTimeout) and _status(e) == "UNAVAILABLE")
 
 
 def _newest(versions: Any) -> str:
