@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from bench import servers
+from bench.event_path import path_cost
 from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
 from embedded_triton.repository import default_instances
 from harness.helpers import GatewayProcess, stream_predictions, wait_until
@@ -68,6 +69,7 @@ class Level:
 class Report:
     started_utc: str
     levels: list[Level] = field(default_factory=list)
+    paths: list[dict[str, Any]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -181,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                 tpg = tri.pid
                 assert redis.proc is not None
                 rtsp_pids = [c.proc.pid for c in cameras]
+                for _ in range(2):  # alternated, twice: the machine is shared
+                    for server in (None, redis):
+                        cost = path_cost(server)
+                        report.paths.append(asdict(cost))
+                        print(f"event path: {cost}", flush=True)
                 base: dict[str, Selector] = {
                     "triton": lambda: group_pids(tpg, stub=False),
                     "stub": lambda: stub_pids(tpg),

@@ -40,16 +40,33 @@ from gateway.cluster.store import Outgoing, RedisStore, StoredEvent
 from gateway.errors import ClusterUnavailable, StreamNotFound
 from gateway.fanout import Broadcaster, Envelope, EventId, Subscription, gap_notice
 from gateway.ingest import StreamState
-from gateway.schema import EVENTS_LOST, STREAM_REMOVED, StatusEvent, StreamEvent, TritonState, event_type
+from gateway.schema import (
+    EVENTS_LOST,
+    STREAM_REMOVED,
+    PredictionEvent,
+    StatusEvent,
+    StreamEvent,
+    TritonState,
+    event_type,
+)
 
 log = logging.getLogger(__name__)
-_EVENT: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
+_PREDICTION: TypeAdapter[PredictionEvent] = TypeAdapter(PredictionEvent)  # discriminated by task: fast
 MIRROR_RING = 256  # a mirror's recent events: joins a resume from Redis to the live events
 READ_COUNT = 512  # entries per stream per XREAD
+# After an XREAD that returned events, wait this long before the next one: events gather, so one
+# XREAD (whose cost grows with the number of mirrored streams: ~7 µs each) carries more of them.
+# Bounds the XREADs to 1 / READ_LINGER_S per second; adds at most that to an event's delivery.
+READ_LINGER_S = 0.005
 
 
 def envelope_of(stored: StoredEvent) -> Envelope:
-    event = _EVENT.validate_json(stored.data)
+    """An event read from Redis, validated as the kind its entry names."""
+    event: StreamEvent
+    if stored.kind == "status":
+        event = StatusEvent.model_validate_json(stored.data)
+    else:
+        event = _PREDICTION.validate_json(stored.data)
     return Envelope(EventId.parse(stored.id), event, stored.data, time.monotonic())
 
 
@@ -339,18 +356,23 @@ class EventHub:
                 for mirror in self._mirrors.values():
                     self._unfeed(mirror)
             backoff = 0.1
-            for sid, entries in got.items():
-                target = self._mirrors.get(sid)
-                if target is None:
-                    continue
-                for stored in entries:
-                    try:
-                        target.deliver(envelope_of(stored))
-                    except (ValidationError, ValueError) as e:  # not ours: counted, never fatal
-                        log.warning("cluster: stream %s: unreadable event %s: %s", sid, stored.id, e)
-                    self.read_events += 1
-                if target.closed:
-                    self._mirrors.pop(sid, None)
+            if got:
+                self._deliver(got)
+                await asyncio.sleep(READ_LINGER_S)
+
+    def _deliver(self, got: dict[str, list[StoredEvent]]) -> None:
+        for sid, entries in got.items():
+            target = self._mirrors.get(sid)
+            if target is None:
+                continue
+            for stored in entries:
+                try:
+                    target.deliver(envelope_of(stored))
+                except (ValidationError, ValueError) as e:  # not ours: counted, never fatal
+                    log.warning("cluster: stream %s: unreadable event %s: %s", sid, stored.id, e)
+                self.read_events += 1
+            if target.closed:
+                self._mirrors.pop(sid, None)
 
     async def _probe(self) -> dict[str, list[StoredEvent]]:
         """Every mirror is fed locally (Redis was down): wait, then see whether Redis answers."""
