@@ -54,10 +54,18 @@ log = logging.getLogger(__name__)
 _PREDICTION: TypeAdapter[PredictionEvent] = TypeAdapter(PredictionEvent)  # discriminated by task: fast
 MIRROR_RING = 256  # a mirror's recent events: joins a resume from Redis to the live events
 READ_COUNT = 512  # entries per stream per XREAD
-# After an XREAD that returned events, wait this long before the next one: events gather, so one
-# XREAD (whose cost grows with the number of mirrored streams: ~7 µs each) carries more of them.
-# Bounds the XREADs to 1 / READ_LINGER_S per second; adds at most that to an event's delivery.
+# After an XREAD that returned events, wait before the next one, so that events gather and one
+# XREAD carries more of them.  An XREAD costs ~7 µs of the gateway's CPU per mirrored stream
+# (redis-py packs every key and id, measured with bench/event_path.py), so the wait grows with
+# the mirrored streams to keep the reader within READ_BUDGET of a core: 5 ms up to ~70 streams,
+# 70 ms at 1,000.  It adds at most that to an event's delivery.
 READ_LINGER_S = 0.005
+READ_COST_PER_STREAM_S = 7e-6
+READ_BUDGET = 0.1  # of a core
+
+
+def read_linger(mirrored: int) -> float:
+    return max(READ_LINGER_S, mirrored * READ_COST_PER_STREAM_S / READ_BUDGET)
 
 
 def envelope_of(stored: StoredEvent) -> Envelope:
@@ -358,7 +366,7 @@ class EventHub:
             backoff = 0.1
             if got:
                 self._deliver(got)
-                await asyncio.sleep(READ_LINGER_S)
+                await asyncio.sleep(read_linger(len(positions)))
 
     def _deliver(self, got: dict[str, list[StoredEvent]]) -> None:
         for sid, entries in got.items():

@@ -65,3 +65,12 @@ def test_the_node_id_defaults_to_the_host_name_and_is_checked(monkeypatch: pytes
     assert ClusterSettings(node_id="gw-1").node == "gw-1"
     with pytest.raises(ValueError, match="node_id"):
         ClusterSettings(node_id="has space")
+
+
+def test_the_event_reader_waits_longer_the_more_streams_it_mirrors() -> None:
+    from gateway.cluster.events import READ_LINGER_S, read_linger
+
+    assert read_linger(1) == read_linger(24) == READ_LINGER_S  # a few streams: events within 5 ms
+    # many: the reader's CPU stays within its budget (~10% of a core), at the cost of delivery lag
+    assert read_linger(1000) == 1000 * 7e-6 / 0.1
+    assert read_linger(2000) > read_linger(1000)
