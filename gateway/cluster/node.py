@@ -46,15 +46,17 @@ from gateway.cluster import ownership
 from gateway.cluster.events import EventHub, EventLog, envelope_of
 from gateway.cluster.store import RedisStore
 from gateway.config import Settings, StreamConfig
-from gateway.errors import ClusterUnavailable, StreamConflict, StreamLimit, StreamNotFound
+from gateway.errors import ClusterUnavailable, FrameNotReady, StreamConflict, StreamLimit, StreamNotFound
 from gateway.fanout import EventId
 from gateway.ingest import StreamState, redact
 from gateway.metrics import ClusterStats, Metrics
 from gateway.schema import MOVING, STREAM_REMOVED, ClusterHealth, ClusterStatus, Ownership, StreamCreate, StreamInfo
 from gateway.streams.manager import StreamManager
+from gateway.streams.snapshot import Jpeg
 
 log = logging.getLogger(__name__)
 HISTORY = 2000  # stream runs remembered for GET /cluster
+FRAME_TTL_MS = 5000  # a frame asked for on another gateway: shared this long after the last ask
 INFO_EVERY_S = 5.0  # a stream's description in Redis is at most this old (state changes: at once)
 
 
@@ -234,6 +236,7 @@ class ClusterNode:
             if held.get(sid, False) and sid not in self._retiring:
                 await self._run_here(self.registry[sid])
         await self._publish_infos()
+        await self._share_frames()
         if self._manager.feed.subscribers:
             await self._feed_statuses()
 
@@ -297,6 +300,25 @@ class ClusterNode:
         for sid in [s for s in self._written if self._manager.broadcaster_of(s) is None]:
             del self._written[sid]
         await self._store.put_info(rows)
+
+    async def _share_frames(self) -> None:
+        """``frame.jpg`` asked on another gateway: the streams here that someone watches elsewhere
+        put their latest JPEG in Redis, once a tick (encoded at most once per interval, as locally)."""
+        wanted = await self._store.frames_wanted(sorted(w.id for w in self._manager.list()))
+        frames = {}
+        for sid in wanted:
+            with contextlib.suppress(FrameNotReady, StreamNotFound):
+                jpeg = await self._manager.get(sid).snapshot.jpeg()
+                frames[sid] = (jpeg.data, jpeg.frame, jpeg.captured_at)
+        await self._store.put_frames(frames, FRAME_TTL_MS)
+
+    async def frame(self, sid: str) -> Jpeg:
+        """``frame.jpg`` of a stream another gateway runs: what its owner shared through Redis
+        (refreshed once a tick while someone asks)."""
+        shared = await self._store.want_frame(sid, FRAME_TTL_MS)
+        if shared is None:
+            raise FrameNotReady(f"stream {sid!r}: its gateway has not shared a frame yet; ask again in a second")
+        return Jpeg(*shared)
 
     async def _feed_statuses(self) -> None:
         """``GET /events`` in cluster mode: every stream's status changes, read from Redis each tick."""

@@ -262,6 +262,40 @@ class RedisStore:
         raw = await self._do("stream info", self._redis.hgetall(self.k_info))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    # --- frames for viewers on other gateways --------------------------------------------------
+
+    def _frame_key(self, sid: str) -> str:
+        return f"{self._p}:frame:{sid}"
+
+    def _wanted_key(self, sid: str) -> str:
+        return f"{self._p}:frame-wanted:{sid}"
+
+    async def want_frame(self, sid: str, ttl_ms: int) -> tuple[bytes, int, float] | None:
+        """Ask the stream's owner for its frames for ``ttl_ms``; the latest one it shared, if any."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._wanted_key(sid), b"1", px=ttl_ms)
+        pipe.hgetall(self._frame_key(sid))
+        _, raw = await self._do("frame", pipe.execute())
+        if not raw or b"d" not in raw:
+            return None
+        return bytes(raw[b"d"]), int(raw[b"f"]), float(raw[b"t"])
+
+    async def frames_wanted(self, sids: Sequence[str]) -> list[str]:
+        if not sids:
+            return []
+        flags = await self._do("frames wanted", self._redis.mget([self._wanted_key(s) for s in sids]))
+        return [sid for sid, flag in zip(sids, flags, strict=True) if flag is not None]
+
+    async def put_frames(self, frames: Mapping[str, tuple[bytes, int, float]], ttl_ms: int) -> None:
+        if not frames:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for sid, (data, frame, at) in frames.items():
+            mapping: Any = {"d": data, "f": frame, "t": repr(at)}
+            pipe.hset(self._frame_key(sid), mapping=mapping)
+            pipe.pexpire(self._frame_key(sid), ttl_ms)
+        await self._do("share frames", pipe.execute())
+
     # --- events ---------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Outgoing], maxlen: int) -> list[bool]:

@@ -230,6 +230,18 @@ def test_any_gateway_serves_the_events_of_a_stream_another_runs(cluster: Cluster
     ids = [tuple(map(int, e.id.split("-"))) for e in events if e.id]
     assert all(b == (a[0], a[1] + 1) or b[0] > a[0] for a, b in itertools.pairwise(ids)), ids
 
+    # And its frames too (frame.jpg, for the viewer behind a load balancer): shared through Redis
+    def frame() -> httpx.Response | None:
+        r = httpx.get(f"{cluster.url('gw-a')}/streams/{sid}/frame.jpg", timeout=10)
+        return r if r.status_code == 200 else None
+
+    wait_until(frame, 15, what="a frame of gw-b's stream on gw-a")
+    r = frame()
+    assert r is not None and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert int(r.headers["x-frame-index"]) >= 1
+    missing = httpx.get(f"{cluster.url('gw-a')}/streams/nope/frame.jpg", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "stream_not_found"
+
 
 def test_last_event_id_resumes_without_a_hole_on_another_gateway(cluster: Cluster, audit: OwnershipAudit) -> None:
     sid = _stream_of(cluster, "gw-c")

@@ -15,7 +15,7 @@ from gateway.api.errors import responses
 from gateway.api.sse_guard import SseGuard, Watched
 from gateway.cluster.node import ClusterNode
 from gateway.config import Settings
-from gateway.errors import FrameNotReady, StreamNotFound, SubscriberLimit
+from gateway.errors import StreamNotFound, SubscriberLimit
 from gateway.fanout import Envelope, EventId, Subscription
 from gateway.ingest import StreamState
 from gateway.schema import STREAM_ID_PATTERN, StreamCreate, StreamHealth, StreamInfo, event_type
@@ -218,18 +218,22 @@ async def stream_events(
         200: {
             "description": "The stream's last predicted frame (the one of its latest prediction event), JPEG.  "
             "X-Frame-Index is that event's `frame`; X-Captured-At its `captured_at`.  Encoded at most once per "
-            "viewer.frame_interval_s, however many clients ask.",
+            "viewer.frame_interval_s, however many clients ask.  Cluster mode: a stream another gateway runs "
+            "is shared through Redis, refreshed once a second while asked for (404 no_frame until the first).",
             "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **responses(401, 404, 422),
+        **responses(401, 404, 422, 503),
     },
     dependencies=[KEY_OR_TOKEN_REQUIRED],  # an <img src> sends no headers either: ?token= works here too
     summary="The latest frame a stream predicted on, as a JPEG (for the viewer).",
 )
 async def stream_frame(sid: StreamId, streams: StreamsDep, cluster: ClusterDep) -> Response:
-    if cluster is not None and streams.broadcaster_of(sid) is None and await cluster.exists(sid):
-        raise FrameNotReady(f"stream {sid!r} runs on another gateway of the cluster; its frames are served there")
-    jpeg = await streams.get(sid).snapshot.jpeg()
+    if cluster is not None and streams.broadcaster_of(sid) is None:
+        if not await cluster.exists(sid):
+            raise StreamNotFound(f"no stream {sid!r}")
+        jpeg = await cluster.frame(sid)  # run by another gateway: its frames come through Redis
+    else:
+        jpeg = await streams.get(sid).snapshot.jpeg()
     return Response(
         jpeg.data,
         media_type="image/jpeg",
