@@ -128,10 +128,10 @@ deploy-tools: $(DVENV)/.installed $(NODE_TOOLS)/.installed $(IMAGE_VENV)/.instal
 
 ngc-env: $(NVENV)/.installed ## Create .venv-ngc (torch 2.5.1 = the LibTorch of NGC 24.10, as in the exporter image)
 
-lock: $(VENV)/.installed ## Re-resolve requirements/*.lock from pyproject.toml (hashes; linux x86_64, Python 3.11)
-	$(PY) -m uv pip compile pyproject.toml --extra gateway --generate-hashes --python-version 3.11 \
+lock: $(VENV)/.installed ## Re-resolve requirements/*.lock from pyproject.toml (hashes; linux x86_64, Python 3.11.7: the images run the newest 3.11)
+	$(PY) -m uv pip compile pyproject.toml --extra gateway --generate-hashes --python-version 3.11.7 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(GATEWAY_LOCK)
-	$(PY) -m uv pip compile pyproject.toml --extra export-ngc --generate-hashes --python-version 3.11 \
+	$(PY) -m uv pip compile pyproject.toml --extra export-ngc --generate-hashes --python-version 3.11.7 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(EXPORTER_LOCK)
 
 # pip-audit reads the pins and hashes of each lock as they are (no pip, no resolution) and asks
