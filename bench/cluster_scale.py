@@ -39,8 +39,9 @@ import numpy as np
 from bench import servers
 from bench.event_path import path_cost
 from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
+from bench.stream_density import start_streams
 from embedded_triton.repository import default_instances
-from harness.helpers import GatewayProcess, stream_predictions, wait_until
+from harness.helpers import GatewayProcess, stream_predictions
 from harness.peers.redis import RedisServer
 from harness.peers.rtsp import RtspServer
 
@@ -104,20 +105,7 @@ def _counter(url: str, name: str) -> float:
 def measure(
     arm: str, gws: list[GatewayProcess], cameras: list[str], *, n: int, seconds: float, meter: CpuMeter
 ) -> Level:
-    first = gws[0].url
-    have = {s["id"] for s in httpx.get(f"{first}/streams", timeout=10).json()}
-    for i in range(n):
-        if f"s{i}" not in have:
-            body = {"id": f"s{i}", "url": cameras[i % len(cameras)], "sample_fps": SAMPLE_FPS}
-            httpx.post(f"{first}/streams", json=body, timeout=30).raise_for_status()
-
-    def running() -> bool:
-        rows = httpx.get(f"{first}/streams", timeout=10).json()
-        return [r["state"] for r in rows].count("running") >= n
-
-    with contextlib.suppress(AssertionError):  # a level that cannot start every stream is measured as it is
-        wait_until(running, 60, interval=0.5, what=f"{n} streams running")
-    time.sleep(2.0)  # settle
+    start_streams(gws[0].url, cameras, n, 60)  # registered once: the cluster shares them out
     ages: list[float] = []
     counts: dict[str, int] = {}
 

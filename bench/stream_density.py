@@ -76,21 +76,29 @@ def _level(
     )
 
 
-def gateway_level(gw: GatewayProcess, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
+def start_streams(base_url: str, cameras: list[str], n: int, wait_s: float) -> None:
+    """Streams s0..s{n-1} (POST /streams, those missing), spread over ``cameras``, sampled at
+    SAMPLE_FPS; waits up to ``wait_s`` for them to run, then 2 s more to settle.  A level that
+    cannot start every stream is measured as it is."""
     import httpx
 
-    have = {s["id"] for s in httpx.get(f"{gw.url}/streams").json()}
+    have = {s["id"] for s in httpx.get(f"{base_url}/streams", timeout=10).json()}
     for i in range(n):
         if f"s{i}" not in have:
-            r = httpx.post(f"{gw.url}/streams", json={"id": f"s{i}", "url": url, "sample_fps": SAMPLE_FPS}, timeout=30)
-            r.raise_for_status()
+            body = {"id": f"s{i}", "url": cameras[i % len(cameras)], "sample_fps": SAMPLE_FPS}
+            httpx.post(f"{base_url}/streams", json=body, timeout=30).raise_for_status()
 
     def running() -> bool:
-        return [s["state"] for s in httpx.get(f"{gw.url}/streams").json()].count("running") >= n
+        rows = httpx.get(f"{base_url}/streams", timeout=10).json()
+        return [r["state"] for r in rows].count("running") >= n
 
-    with contextlib.suppress(AssertionError):  # a level that cannot start every stream is measured as it is
-        wait_until(running, 30, interval=0.5, what=f"{n} streams running")
+    with contextlib.suppress(AssertionError):
+        wait_until(running, wait_s, interval=0.5, what=f"{n} streams running")
     time.sleep(2.0)  # settle
+
+
+def gateway_level(gw: GatewayProcess, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
+    start_streams(gw.url, [url], n, 30)
     ages: list[float] = []
     counts: dict[str, int] = {}
 
