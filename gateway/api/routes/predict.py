@@ -1,14 +1,22 @@
 """``POST /predict``: one image in; top-k classes (classifier) or person / no_person
-with boxes (detector), and timings, out."""
+with boxes (detector), and timings, out.
+
+The route is on the hot path of every upload, so it avoids FastAPI's per-parameter
+machinery: the four options are read by ``_options`` (one function for the query and
+the form fields, documented from one table), and the answer is serialized once by
+pydantic, not validated again by FastAPI (``response_model`` still documents it).
+"""
 
 from __future__ import annotations
 
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from gateway.api.auth import KEY_REQUIRED
 from gateway.api.deps import PredictorDep, SettingsDep
@@ -29,6 +37,22 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "Detector: box score threshold."},
     "all_classes": {"type": "boolean", "description": "Detector: boxes of every class, not only persons."},
 }
+_QUERY_DEFAULTS = {
+    "top_k": "the top_k setting",
+    "model": "the model setting; mobilenet_v3_small or person_detector",
+    "threshold": "detector.score_threshold",
+    "all_classes": "detector.all_classes",
+}
+PARAMETERS = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{schema['description'][:-1]} (default: {_QUERY_DEFAULTS[name]}); overrides the form field.",
+        "schema": {k: v for k, v in schema.items() if k != "description"},
+    }
+    for name, schema in _OPTIONS.items()
+]
 REQUEST_BODY = {
     "required": True,
     "description": "The image: a multipart form with the file in `image` (and optional fields, overridden by "
@@ -46,32 +70,42 @@ REQUEST_BODY = {
         **{media: {"schema": _BINARY} for media in (*IMAGE_TYPES, OCTET_STREAM)},
     },
 }
+Invalid = Callable[[str, str], Exception]  # (option, message) -> the error to raise
 
 
-def _form_options(fields: dict[str, str]) -> dict[str, Any]:
-    """The optional form fields, validated as the query parameters are."""
+def _query_error(name: str, message: str) -> RequestValidationError:
+    """422 ``invalid_request``, as FastAPI answers for a query parameter out of range."""
+    return RequestValidationError([{"type": "value_error", "loc": ("query", name), "msg": message}])
+
+
+def _form_error(name: str, message: str) -> BadRequest:
+    return BadRequest(message)
+
+
+def _options(fields: Mapping[str, str], invalid: Invalid) -> dict[str, Any]:
+    """The options present in ``fields`` (the query string, or the form's text fields), validated
+    against ``_OPTIONS``; a bad one raises ``invalid(name, message)``."""
     out: dict[str, Any] = {}
-    if "top_k" in fields:
-        raw = fields["top_k"]
+    if (raw := fields.get("top_k")) is not None:
         if not ascii_digits(raw) or not 1 <= int(raw) <= 100:
-            raise BadRequest(f"top_k must be an integer from 1 to 100, got {raw!r}")
+            raise invalid("top_k", f"top_k must be an integer from 1 to 100, got {raw!r}")
         out["top_k"] = int(raw)
-    if "model" in fields:
-        if not re.fullmatch(MODEL_NAME_PATTERN, fields["model"]):
-            raise BadRequest(f"model must match {MODEL_NAME_PATTERN}, got {fields['model']!r}")
-        out["model"] = fields["model"]
-    if "threshold" in fields:
+    if (raw := fields.get("model")) is not None:
+        if not re.fullmatch(MODEL_NAME_PATTERN, raw):
+            raise invalid("model", f"model must match {MODEL_NAME_PATTERN}, got {raw!r}")
+        out["model"] = raw
+    if (raw := fields.get("threshold")) is not None:
         try:
-            value = float(fields["threshold"])
+            value = float(raw)
         except ValueError:
             value = math.nan
         if not 0 <= value <= 1:  # NaN fails too
-            raise BadRequest(f"threshold must be a number from 0 to 1, got {fields['threshold']!r}")
+            raise invalid("threshold", f"threshold must be a number from 0 to 1, got {raw!r}")
         out["threshold"] = value
-    if "all_classes" in fields:
-        flag = parse_bool(fields["all_classes"])
+    if (raw := fields.get("all_classes")) is not None:
+        flag = parse_bool(raw)
         if flag is None:
-            raise BadRequest(f"all_classes must be true or false, got {fields['all_classes']!r}")
+            raise invalid("all_classes", f"all_classes must be true or false, got {raw!r}")
         out["all_classes"] = flag
     return out
 
@@ -81,38 +115,19 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
     response_model=PredictResponse,
     responses=responses(400, 401, 404, 413, 415, 422, 502, 503),
     dependencies=[KEY_REQUIRED],  # before the upload is read
-    openapi_extra={"requestBody": REQUEST_BODY},
+    openapi_extra={"parameters": PARAMETERS, "requestBody": REQUEST_BODY},
     summary="Classify one image, or detect persons in it (multipart field `image`, or a raw image body).",
 )
-async def predict(
-    request: Request,
-    *,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-    top_k: int | None = Query(None, ge=1, le=100, description="Classes to return (default: top_k setting)."),
-    model: str | None = Query(
-        None,
-        pattern=MODEL_NAME_PATTERN,
-        description="Triton model: mobilenet_v3_small or person_detector (default: model setting).",
-    ),
-    threshold: float | None = Query(
-        None, ge=0, le=1, description="Detector: box score threshold (default: detector.score_threshold)."
-    ),
-    all_classes: bool | None = Query(
-        None, description="Detector: boxes of every COCO class, not only persons (default: detector.all_classes)."
-    ),
-) -> PredictResponse:
+async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep) -> Response:
     t0 = time.perf_counter()
+    query = _options(request.query_params, _query_error)  # 422 before the upload is read
     upload = await read_image_upload(request, max_bytes=settings.upload.max_bytes)
-    form = _form_options(upload.fields)
+    options = {**_options(upload.fields, _form_error), **query} if upload.fields else query
     out = await predictor.predict(
         upload.data,
-        model=model or form.get("model"),
-        top_k=top_k or form.get("top_k"),
-        options=predictor.options(
-            threshold if threshold is not None else form.get("threshold"),
-            all_classes if all_classes is not None else form.get("all_classes"),
-        ),
+        model=options.get("model"),
+        top_k=options.get("top_k"),
+        options=predictor.options(options.get("threshold"), options.get("all_classes")),
     )
     setattr(request.state, PREDICTED_MODEL, out.result.model)
     timings = Timings(
@@ -121,4 +136,6 @@ async def predict(
         inference=round(out.inference_ms, 3),
         total=round((time.perf_counter() - t0) * 1000, 3),
     )
-    return predict_response(out.result, timings)
+    # Built and validated as the typed model; FastAPI would validate it again before serializing it.
+    body = predict_response(out.result, timings).model_dump_json(by_alias=True)
+    return Response(body.encode(), media_type="application/json")
