@@ -191,6 +191,13 @@ class StreamConfig(_Section):
     height: int | None = Field(None, ge=16, le=4320, description="Frame height after ingest (default: frame_height).")
     model: str | None = Field(None, min_length=1, description="Triton model for this stream (default: model).")
     loop: bool = Field(False, description="Files only: start again at the end.")
+    decode: Literal["auto", "keyframes", "all"] | None = Field(
+        None,
+        description="What the PyAV reader decodes (default: ingest.decode): keyframes only, all frames, or auto.",
+    )
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] | None = Field(
+        None, description="RTSP's transport for this camera (default: ingest.rtsp_transport)."
+    )
 
 
 class StreamPolicy(_Section):
@@ -231,6 +238,34 @@ class StreamPolicy(_Section):
 
 
 class IngestSettings(_Section):
+    backend: Literal["pyav", "opencv"] = Field(
+        "pyav",
+        description="The reader: pyav (FFmpeg through PyAV: per-open options, keyframe-only decoding, the camera's "
+        "timestamps) or opencv (the fallback; decodes every frame, stamps frames when read).",
+    )
+    decode: Literal["auto", "keyframes", "all"] = Field(
+        "auto",
+        description="PyAV: auto decodes only keyframes when a stream's sample_fps is at or below its measured "
+        "keyframe rate, else every frame (converting only the sampled ones); keyframes or all force one mode.  "
+        "Per stream: streams[].decode.",
+    )
+    hwaccel: str | None = Field(
+        None,
+        description="PyAV: decode on this FFmpeg hardware device type, e.g. cuda (NVDEC) or vaapi; must be one "
+        "this FFmpeg build supports.  A device that cannot be opened is logged and the stream decodes in "
+        "software.  null: software.",
+    )
+    decoder_threads: int = Field(
+        1, ge=0, le=64, description="PyAV: decoder threads per stream; 1 suits many cameras, 0 lets FFmpeg choose."
+    )
+    ffmpeg_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra FFmpeg options for every open, e.g. {buffer_size: '1048576'} (PyAV: per open; OpenCV: "
+        "through its process-wide variable).  The protocol whitelist cannot be changed here.",
+    )
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
+        "tcp", description="RTSP's transport (per stream: streams[].rtsp_transport)."
+    )
     open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on opening a source.")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A source silent this long is reconnected.")
     backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles, with jitter.")
@@ -260,6 +295,28 @@ class IngestSettings(_Section):
     retry_ms: int = Field(
         1000, ge=100, le=600_000, description="The SSE retry: hint, how long an EventSource waits to reconnect."
     )
+
+    @field_validator("hwaccel")
+    @classmethod
+    def _hwaccel(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import av.codec.hwaccel  # only when a device is asked for
+
+        known = sorted(av.codec.hwaccel.hwdevices_available())
+        if v not in known:
+            raise ValueError(f"{v!r} is not a hardware device type this FFmpeg supports: {', '.join(known)}")
+        return v
+
+    @field_validator("ffmpeg_options")
+    @classmethod
+    def _ffmpeg_options(cls, v: dict[str, str]) -> dict[str, str]:
+        from gateway.ingest.sources import PROTECTED_OPTIONS  # here: loading settings does not load the readers
+
+        bad = sorted(PROTECTED_OPTIONS & set(v))
+        if bad:
+            raise ValueError(f"{', '.join(bad)} cannot be set: each source kind has its fixed protocol whitelist")
+        return v
 
 
 class ViewerSettings(_Section):

@@ -61,7 +61,9 @@ class _StreamCollector(Collector):
     """Ingest's and the streams' own counters, read from ``StreamInfo`` when Prometheus scrapes."""
 
     COUNTERS: ClassVar[dict[str, str]] = {  # StreamInfo field -> help
-        "frames_read": "Frames decoded from the source.",
+        "frames_read": "Frames the source delivered, decoded or not.",
+        "frames_decoded": "Frames decoded (keyframe mode decodes few of those read).",
+        "decode_switches": "Times the reader switched between keyframes-only and all-frame decoding.",
         "frames_sampled": "Frames sampled for inference.",
         "frames_skipped": "Frames read but not sampled (above sample_fps).",
         "frames_dropped": "Sampled frames replaced by a newer one before inference.",
@@ -91,6 +93,16 @@ class _StreamCollector(Collector):
         state = GaugeMetricFamily(
             f"{PREFIX}_stream_state", "1 for the state the stream's source is in.", labels=[*labels, "state"]
         )
+        decode = GaugeMetricFamily(
+            f"{PREFIX}_stream_decode",
+            "1 for what the stream's reader decodes now: keyframes (only those sampled) or all frames.",
+            labels=[*labels, "mode"],
+        )
+        keyframes = GaugeMetricFamily(
+            f"{PREFIX}_stream_keyframe_interval_seconds",
+            "The keyframe interval measured from the stream.",
+            labels=labels,
+        )
         for s in self._streams():
             values = [s.id, s.model]
             for name, family in counters.items():
@@ -101,8 +113,12 @@ class _StreamCollector(Collector):
             subs.add_metric(values, float(s.subscribers))
             running.add_metric(values, 1.0 if s.state is StreamState.RUNNING else 0.0)
             state.add_metric([*values, s.state.value], 1.0)
+            if s.decode is not None:
+                decode.add_metric([*values, s.decode], 1.0)
+            if s.keyframe_interval_s is not None:
+                keyframes.add_metric(values, s.keyframe_interval_s)
         yield from counters.values()
-        yield from (transitions, fps, subs, running, state)
+        yield from (transitions, fps, subs, running, state, decode, keyframes)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Annotated, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.ingest.reader import StreamState
+from gateway.ingest.reader import Clock, DecodeMode, DecodeSetting, StreamState
 
 MAX_SIDE = 65_535  # pixels: the largest side the gateway decodes (JPEG's own limit)
 MAX_MS = 3_600_000.0  # one hour, in milliseconds: a bound for every duration reported
@@ -111,13 +111,33 @@ class Latency(Contract):
     wait: float = Field(ge=0, le=MAX_MS, description="From capture to the start of inference, ms.")
     preprocess: float = Field(ge=0, le=MAX_MS, description="Colour conversion, resize and layout, ms.")
     inference: float = Field(ge=0, le=MAX_MS, description="Triton round trip, ms.")
-    total: float = Field(ge=0, le=MAX_MS, description="From capture to the event, ms.")
+    total: float = Field(ge=0, le=MAX_MS, description="From the reader taking the frame to the event, ms.")
+    age: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_MS,
+        description="From the camera capturing the frame (source_at) to the event, ms: the frame's true age, "
+        "including the network and the decoder's buffers; null without a source clock.",
+    )
 
 
 class _StreamFrame(Contract):
     stream: str = Field(pattern=STREAM_ID_PATTERN, description="Stream id.")
     frame: int = Field(ge=1, le=MAX_COUNT, description="Sampled-frame index, from 1, per reader.")
-    captured_at: float = Field(ge=0, le=MAX_TIME, description="When the frame was read, Unix seconds.")
+    captured_at: float = Field(ge=0, le=MAX_TIME, description="When the reader took the frame, Unix seconds.")
+    source_at: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_TIME,
+        description="When the camera captured the frame, Unix seconds, from the stream's own timestamps (see clock); "
+        "null where the reader has none (the OpenCV reader).",
+    )
+    clock: Clock = Field(
+        "reader",
+        description="Where source_at comes from. rtcp: the camera's RTCP sender reports (its own wall clock); pts: "
+        "the stream's presentation timestamps, anchored to the earliest arrival (delays inside the gateway "
+        "show, the network's do not); reader: no source clock, source_at is null.",
+    )
     latency_ms: Latency
 
 
@@ -214,9 +234,23 @@ def predict_response(result: ClassificationResult | DetectionResult, timings: Ti
 
 
 def prediction_event(
-    result: ClassificationResult | DetectionResult, *, stream: str, frame: int, captured_at: float, latency: Latency
+    result: ClassificationResult | DetectionResult,
+    *,
+    stream: str,
+    frame: int,
+    captured_at: float,
+    latency: Latency,
+    source_at: float | None = None,
+    clock: Clock = "reader",
 ) -> PredictionEvent:
-    extra = {"stream": stream, "frame": frame, "captured_at": captured_at, "latency_ms": latency}
+    extra = {
+        "stream": stream,
+        "frame": frame,
+        "captured_at": captured_at,
+        "source_at": source_at,
+        "clock": clock,
+        "latency_ms": latency,
+    }
     if isinstance(result, DetectionResult):
         return DetectionEvent(**_fields(result), **extra)
     return ClassificationEvent(**_fields(result), **extra)
@@ -253,9 +287,31 @@ class StreamInfo(Contract):
     reconnects: int = Field(ge=0, le=MAX_COUNT, description="Times the source was opened again.")
     stalls: int = Field(ge=0, le=MAX_COUNT, description="Times the source stopped delivering frames without closing.")
     decode_errors: int = Field(ge=0, le=MAX_COUNT, description="Frames the decoder failed to deliver.")
-    frames_read: int = Field(ge=0, le=MAX_COUNT, description="Frames decoded from the source.")
+    frames_read: int = Field(ge=0, le=MAX_COUNT, description="Frames the source delivered, decoded or not.")
+    frames_decoded: int = Field(
+        0, ge=0, le=MAX_COUNT, description="Frames the decoder produced (few of those read in keyframe mode)."
+    )
     frames_sampled: int = Field(ge=0, le=MAX_COUNT, description="Frames sampled for inference.")
-    frames_skipped: int = Field(ge=0, le=MAX_COUNT, description="Frames read but not sampled (above sample_fps).")
+    frames_skipped: int = Field(
+        ge=0, le=MAX_COUNT, description="Frames read but not sampled (above sample_fps), decoded or not."
+    )
+    backend: Literal["pyav", "opencv"] = Field("pyav", description="The reader (ingest.backend).")
+    decode: DecodeMode | None = Field(
+        None,
+        description="What the reader decodes now: keyframes (only those nearest the samples; sample_fps is at or "
+        "below the keyframe rate) or all frames; null until it knows.",
+    )
+    decode_setting: DecodeSetting = Field(
+        "auto", description="The stream's decode setting: auto chooses from the measured keyframe interval."
+    )
+    keyframe_interval_s: float | None = Field(
+        None, ge=0, le=MAX_S, description="The keyframe interval measured from the stream (null until two are seen)."
+    )
+    decode_switches: int = Field(0, ge=0, le=MAX_COUNT, description="Times the decode mode changed after the first.")
+    clock: Clock = Field("reader", description="Where the last frame's capture time came from (see PredictionEvent).")
+    hwaccel: str | None = Field(
+        None, max_length=32, description="The hardware decoder in use (ingest.hwaccel), null for software."
+    )
     frames_dropped: int = Field(ge=0, le=MAX_COUNT, description="Sampled frames replaced by a newer one, unseen.")
     inferences: int = Field(ge=0, le=MAX_COUNT, description="Inferences started.")
     predictions: int = Field(ge=0, le=MAX_COUNT, description="Prediction events published.")
@@ -299,6 +355,10 @@ class StreamCreate(Contract):
     height: int | None = Field(None, ge=16, le=4320, description="Frame height after ingest (default: frame_height).")
     model: str | None = Field(
         None, pattern=MODEL_NAME_PATTERN, description="Triton model for this stream (default: model)."
+    )
+    decode: DecodeSetting | None = Field(
+        None,
+        description="keyframes, all, or auto: chosen from the measured keyframe interval (default: ingest.decode).",
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from gateway.ingest import ReaderConfig, StreamReader, StreamState, parse_source, redact
+from gateway.ingest import READERS, ReaderConfig, StreamState, make_reader, parse_source, redact
 from gateway.ingest.sources import SourceError
 
 LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="files: start again at the end")
     p.add_argument("--timeout", type=float, default=30.0, help="give up after this long without a frame")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: %(default)s)")
+    p.add_argument("--backend", choices=sorted(READERS), default="pyav", help="the reader (default: %(default)s)")
     return p
 
 
@@ -51,7 +52,7 @@ def capture(args: argparse.Namespace) -> int:
     folder = args.out / args.label
     folder.mkdir(parents=True, exist_ok=True)
     config = ReaderConfig(sample_fps=args.fps, width=args.width, height=args.height, max_retries=3)
-    reader = StreamReader("capture", spec, config)
+    reader = make_reader(args.backend, "capture", spec, config)
     reader.start()
     written = 0
     last = 0

@@ -1,50 +1,61 @@
 """One reader per source: its own thread, a latest-frame slot, and a state machine.
 
-The reader decodes continuously and keeps **only the newest sampled frame**: a
-consumer that falls behind gets the newest frame, never a backlog, and every frame
-it missed is counted as dropped.  Frames between samples are grabbed but not
-converted (``grab`` without ``retrieve``), and counted as skipped.
+``StreamReader`` is the contract every backend keeps (``PyAvReader`` in
+``pyav_reader.py``, the default, and ``OpenCvReader`` in ``opencv_reader.py``); a
+backend supplies only ``_open``, ``_read`` and ``_close``.
 
-Waits are bounded: OpenCV's open and read timeouts stop a dead or frozen network
-source from hanging the thread, and V4L2's select timeout bounds a webcam's read;
-the reader then reconnects with exponential backoff and jitter, and gives up
-(``failed``) after ``max_retries`` if one is set.  A read that failed after the
-source fell silent for its read timeout is a stall (``stalled``, then
-``reconnecting``); a source that closed is a drop (``reconnecting``).  A source no
-decoder timeout covers (a pipe, a wedged driver) is caught by the ``Watchdog``,
-which calls ``mark_stalled`` and ``restart``.  Every state change is logged (URL
-redacted), counted and handed to ``on_state``.
+The reader decodes as it must and keeps **only the newest sampled frame**: a
+consumer that falls behind gets the newest frame, never a backlog, and every frame
+it missed is counted as dropped.  Frames between samples are skipped (not decoded
+at all in keyframe mode, or decoded but not converted), and counted.
+
+Waits are bounded: the decoder's open and read timeouts stop a dead or frozen
+network source from hanging the thread; the reader then reconnects with
+exponential backoff and jitter, and gives up (``failed``) after ``max_retries`` if
+one is set.  A read that failed after the source fell silent for its read timeout
+is a stall (``stalled``, then ``reconnecting``); a source that closed is a drop
+(``reconnecting``).  A source no decoder timeout covers (a pipe, a wedged driver)
+is caught by the ``Watchdog``, which calls ``mark_stalled`` and ``restart``.  Every
+state change is logged (URL redacted), counted and handed to ``on_state``.
 
 ``restart`` opens the source again on a fresh thread: a thread stuck in the
 decoder cannot be interrupted, so it is abandoned, and when its call returns it
-finds itself superseded (its generation is old), releases its capture and exits
+finds itself superseded (its generation is old), releases its source and exits
 without touching the stream.  Pipes are never reopened (two readers would split
 the writer's bytes); a stalled pipe resumes when its writer does.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
-import math
-import os
 import random
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
 
 import cv2
 import numpy as np
 
-from gateway.ingest.sources import SourceKind, SourceSpec, ffmpeg_options
+from gateway.ingest.sources import SourceSpec
 
 log = logging.getLogger(__name__)
-_OPEN_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide: set it and open under one lock
-V4L_SELECT_TIMEOUT = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"  # seconds a webcam read waits for a frame (default 10)
+DecodeMode: TypeAlias = Literal["keyframes", "all"]
+DecodeSetting: TypeAlias = Literal["auto", "keyframes", "all"]
+Clock: TypeAlias = Literal["rtcp", "pts", "reader"]
 STALL_FRACTION = 0.8  # a failed read after this fraction of read_timeout_s of silence is a stall, not a drop
 _REASONS = {"stalled": "no frames", "dropped": "source closed", "empty": "no frames", "unopened": "could not open"}
+
+
+def next_due(due: float, now: float, period: float) -> float:
+    """When the sample after the one taken at ``now`` (due at ``due``) is due: a steady rate, and
+    after a gap (a stall, a decoder waiting for a keyframe) one period from now, not a burst."""
+    after = due + period
+    return after if after > now else now + period
 
 
 class StreamState(enum.Enum):
@@ -91,6 +102,8 @@ class Frame:
     captured_mono: float  # monotonic clock when it was read
     image: np.ndarray  # H x W x 3, BGR, uint8, at the configured size
     source_size: tuple[int, int] = (0, 0)  # width, height as decoded, before the resize
+    source_at: float | None = None  # wall clock when the camera captured it, from the stream's timestamps
+    clock: Clock = "reader"  # where source_at comes from: RTCP sender reports, or PTS anchored to arrival
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,10 @@ class ReaderConfig:
     backoff_max_s: float = 10.0
     max_retries: int | None = None  # None: retry forever
     rtsp_transport: str = "tcp"
+    decode: DecodeSetting = "auto"  # PyAV: keyframes only when sample_fps allows, all frames, or chosen per stream
+    hwaccel: str | None = None  # PyAV: an FFmpeg hardware device type (cuda, vaapi, ...); None: software
+    decoder_threads: int = 1  # PyAV: decoder threads per stream (0: FFmpeg picks)
+    ffmpeg_options: tuple[tuple[str, str], ...] = ()  # extra options for every open (the whitelist wins)
 
 
 @dataclass
@@ -115,6 +132,12 @@ class ReaderStats:
     reconnects: int = 0
     stalls: int = 0  # times the source went silent without closing
     decode_errors: int = 0  # a grabbed frame the decoder could not deliver
+    frames_decoded: int = 0  # frames the decoder produced (keyframe mode decodes few of those read)
+    decode_mode: DecodeMode | None = None  # what the reader decodes now; None until it knows
+    keyframe_interval_s: float | None = None  # measured from the stream, not assumed
+    mode_switches: int = 0  # changes of decode_mode after the first choice
+    clock: Clock = "reader"  # where the last frame's source_at came from
+    hwaccel: str | None = None  # the hardware decoder in use, None for software
     last_read_mono: float | None = None  # the last frame the source delivered, sampled or not
     state_changes: Counter[StreamState] = field(default_factory=Counter)
     _samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -134,8 +157,14 @@ class ReaderStats:
         return (now if now is not None else time.monotonic()) - self.last_read_mono
 
 
-class StreamReader:
-    """Owns one source's thread, latest-frame slot and state. ``stop()`` is idempotent."""
+class StreamReader(abc.ABC):
+    """Owns one source's thread, latest-frame slot and state. ``stop()`` is idempotent.
+
+    A backend subclass opens the source (``_open``: a handle, or None when it cannot be
+    opened), reads it until it fails, ends or is stopped (``_read``: the outcome), and
+    closes it (``_close``)."""
+
+    backend = ""
 
     def __init__(
         self,
@@ -270,32 +299,20 @@ class StreamReader:
                 log.exception("stream %s: state listener failed", self.stream_id)
         return True
 
-    def _open(self) -> cv2.VideoCapture:
-        c = self.config
-        if self.spec.kind is SourceKind.WEBCAM:
-            # V4L2 takes no open parameters; its read waits OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT
-            # seconds (10 by default, read once per process).  Bound it by the read timeout
-            # unless the operator set it.
-            os.environ.setdefault(V4L_SELECT_TIMEOUT, str(max(1, math.ceil(c.read_timeout_s))))
-            return cv2.VideoCapture(int(self.spec.location), cv2.CAP_ANY)
-        # Each bound applies to one blocking call: a read fails once the source has been silent
-        # for read_timeout_s (closing the connection afterwards can block as long again).
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(c.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            max(1, int(c.read_timeout_s * 1000)),
-        ]
-        with _OPEN_LOCK:
-            previous = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(self.spec, transport=c.rtsp_transport)
-            try:
-                return cv2.VideoCapture(self.spec.location, cv2.CAP_FFMPEG, params)
-            finally:
-                if previous is None:
-                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = previous
+    @abc.abstractmethod
+    def _open(self) -> Any:
+        """The open source, or None when it could not be opened (logged, redacted)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def _read(self, handle: Any, gen: int) -> str:
+        """Read until the source fails ("dropped" when it closed after frames, "stalled" when
+        it went silent, "empty" before any frame), ends, we stop, or a restart supersedes us."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def _close(self, handle: Any) -> None:
+        raise NotImplementedError
 
     def _backoff(self, attempt: int) -> float:
         c = self.config
@@ -318,13 +335,14 @@ class StreamReader:
     def _loop(self, gen: int) -> None:
         attempt = 0
         while self._current(gen):
-            cap = self._open()
+            handle = self._open()
             if not self._current(gen):
-                cap.release()
+                if handle is not None:
+                    self._close(handle)
                 return  # superseded (restarted) or stopped while opening
-            outcome = self._read(cap, gen) if cap.isOpened() else "unopened"
+            outcome = self._read(handle, gen) if handle is not None else "unopened"
             if outcome in ("stopped", "superseded", "ended"):
-                cap.release()
+                self._close(handle)
                 if outcome == "ended":
                     self._set_state(StreamState.ENDED, "end of file", gen=gen)
                 return
@@ -337,74 +355,67 @@ class StreamReader:
                 )
             else:
                 self._set_state(StreamState.RECONNECTING, reason, gen=gen)
-            if outcome == "stalled":
+            if handle is None:
+                pass
+            elif outcome == "stalled":
                 # Closing a connection to a frozen server blocks (RTSP's TEARDOWN waits up to the
                 # read timeout, more than once): close it on the side and carry on now.
-                threading.Thread(target=cap.release, name=f"release-{self.stream_id}", daemon=True).start()
+                name = f"release-{self.stream_id}"
+                threading.Thread(target=self._close, args=(handle,), name=name, daemon=True).start()
             else:
-                cap.release()
+                self._close(handle)
             if gave_up:
                 return
             self.stats.reconnects += 1
             if self._stop.wait(self._backoff(attempt)):
                 return
 
-    def _read(self, cap: cv2.VideoCapture, gen: int) -> str:
-        """Read until the source fails ("dropped" when it closed after frames, "stalled" when
-        it went silent, "empty" before any frame), ends, we stop, or a restart supersedes us."""
-        period = 1.0 / self.config.sample_fps
-        native_fps = float(cap.get(cv2.CAP_PROP_FPS)) if not self.spec.live else 0.0
-        frame_period = 1.0 / native_fps if 0 < native_fps < 1000 else 1.0 / 25
-        next_sample = time.monotonic()
-        next_frame = time.monotonic()
-        got_any = False
-        while not self._stop.is_set():
-            if not self.spec.live:  # files play at their own frame rate
-                delay = next_frame - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    return "stopped"
-                next_frame = max(next_frame + frame_period, time.monotonic() - frame_period)
-            asked = time.monotonic()
-            grabbed = cap.grab()
-            if gen != self._generation:
-                return "superseded"
-            if not grabbed:
-                outcome = self._failed_grab(cap, got_any, time.monotonic() - asked, gen)
-                if outcome is not None:
-                    return outcome
-            now = time.monotonic()
-            wall = time.time()
-            self.stats.frames_read += 1
-            self.stats.last_read_mono = now
-            if not got_any or self._state is StreamState.STALLED:
-                got_any = True
-                self._set_state(StreamState.RUNNING, gen=gen)
-            if now < next_sample:
-                self.stats.frames_skipped += 1
-                continue
-            next_sample = max(next_sample + period, now - period)  # steady rate, no burst after a stall
-            ok, image = cap.retrieve()
-            if not ok or image is None:
-                self.stats.decode_errors += 1
-                continue
-            if not self._publish(image, now, wall, gen):
-                return "superseded"
-        return "stopped"
+    def _frame_read(self, now: float, got_any: bool, gen: int) -> None:
+        """The source delivered a frame (decoded or not): count it; the first one, or one after
+        a stall, means the stream runs."""
+        self.stats.frames_read += 1
+        self.stats.last_read_mono = now
+        if not got_any or self._state is StreamState.STALLED:
+            self._set_state(StreamState.RUNNING, gen=gen)
 
-    def _failed_grab(self, cap: cv2.VideoCapture, got_any: bool, waited: float, gen: int) -> str | None:
-        """What a failed grab means: None when a looping file started again (its first frame
-        is grabbed), else the outcome of the read."""
-        if self.spec.kind is SourceKind.FILE and got_any:
-            looped = self.spec.loop and cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and cap.grab()
-            return None if looped else "ended"
+    def _silent_failure(self, got_any: bool, waited: float, gen: int) -> str:
+        """What a failed read of a live source means: a stall after ``STALL_FRACTION`` of the read
+        timeout of silence, else a drop (or "empty" before any frame)."""
         if got_any and waited >= STALL_FRACTION * self.config.read_timeout_s:
             self._set_state(StreamState.STALLED, f"no frame for {self.config.read_timeout_s:g}s", gen=gen)
             return "stalled"
         return "dropped" if got_any else "empty"
 
-    def _publish(self, image: np.ndarray, mono: float, wall: float, gen: int) -> bool:
+    def _set_mode(self, mode: DecodeMode, interval: float | None) -> None:
+        stats = self.stats
+        measured = stats.keyframe_interval_s is not None  # the mode so far was chosen on a measurement
+        stats.keyframe_interval_s = interval
+        if mode != stats.decode_mode:
+            if stats.decode_mode is not None and measured:
+                stats.mode_switches += 1
+            if interval is not None:
+                log.info(
+                    "stream %s: decoding %s (keyframe interval %s, sample_fps %g)",
+                    self.stream_id,
+                    "keyframes only" if mode == "keyframes" else "every frame",
+                    f"{interval:.2f}s" if interval else "unknown",
+                    self.config.sample_fps,
+                )
+            stats.decode_mode = mode
+
+    def _publish(
+        self,
+        image: np.ndarray,
+        mono: float,
+        wall: float,
+        gen: int,
+        *,
+        source_size: tuple[int, int] | None = None,
+        source_at: float | None = None,
+        clock: Clock = "reader",
+    ) -> bool:
         c = self.config
-        source = (int(image.shape[1]), int(image.shape[0]))
+        source = source_size or (int(image.shape[1]), int(image.shape[0]))
         if image.shape[1] != c.width or image.shape[0] != c.height:
             image = cv2.resize(image, (c.width, c.height), interpolation=cv2.INTER_AREA)
         with self._cond:
@@ -413,9 +424,10 @@ class StreamReader:
             if not self._slot_taken:
                 self.stats.frames_dropped += 1
             index = self._slot.index + 1 if self._slot else 1
-            self._slot = Frame(self.stream_id, index, wall, mono, image, source)
+            self._slot = Frame(self.stream_id, index, wall, mono, image, source, source_at, clock)
             self._slot_taken = False
             self.stats.frames_sampled += 1
+            self.stats.clock = clock
             self.stats._samples.append(mono)
             self._cond.notify_all()
         if self._on_frame is not None:

@@ -100,11 +100,33 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
 
 
-def ffmpeg_options(spec: SourceSpec, *, transport: str = "tcp") -> str:
-    """The OPENCV_FFMPEG_CAPTURE_OPTIONS value for a source (key;value pairs joined by |)."""
-    options = {"analyzeduration": "0", "probesize": "32"} if spec.kind is SourceKind.RTSP else {}
+# Options a configuration may not set: they would widen what the decoder may open.
+PROTECTED_OPTIONS = frozenset({"protocol_whitelist", "protocol_blacklist", "format_whitelist", "codec_whitelist"})
+
+
+def redact_text(text: str) -> str:
+    """Every ``scheme://user:secret@`` in a message (FFmpeg's errors quote the URL) → ``user:***@``."""
+    return re.sub(r"(://[^/\s:@]*):[^@/\s]*@", r"\1:***@", text)
+
+
+def ffmpeg_option_dict(
+    spec: SourceSpec, *, transport: str = "tcp", extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """FFmpeg's options for opening a source, set per open: quick probing for RTSP, its
+    transport, the protocol whitelist, and ``extra`` (operator options; the whitelist wins)."""
+    options = dict(extra or {})
     if spec.kind is SourceKind.RTSP:
+        options.setdefault("analyzeduration", "0")
+        options.setdefault("probesize", "32")
         options["rtsp_transport"] = transport
+    for key in PROTECTED_OPTIONS:
+        options.pop(key, None)
     if spec.kind in _PROTOCOLS:
         options["protocol_whitelist"] = _PROTOCOLS[spec.kind]
+    return options
+
+
+def ffmpeg_options(spec: SourceSpec, *, transport: str = "tcp", extra: dict[str, str] | None = None) -> str:
+    """The OPENCV_FFMPEG_CAPTURE_OPTIONS value for a source (key;value pairs joined by |)."""
+    options = ffmpeg_option_dict(spec, transport=transport, extra=extra)
     return "|".join(f"{k};{v}" for k, v in options.items())

@@ -102,6 +102,7 @@ class StreamManager:
             width=stream.width,
             height=stream.height,
             model=stream.model,
+            decode=stream.decode,
         )
 
     async def create(self, stream: StreamCreate) -> StreamWorker:

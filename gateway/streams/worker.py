@@ -22,7 +22,16 @@ from gateway.config import Settings, StreamConfig
 from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable, ModelDegraded
 from gateway.fanout import Broadcaster, Envelope, EventId, StatusFeed
 from gateway.inference.predictor import Predictor
-from gateway.ingest import Frame, ReaderConfig, StateChange, StreamReader, StreamState, parse_source, redact
+from gateway.ingest import (
+    Frame,
+    ReaderConfig,
+    StateChange,
+    StreamReader,
+    StreamState,
+    make_reader,
+    parse_source,
+    redact,
+)
 from gateway.metrics import EmfWindow, Metrics, emf_logger
 from gateway.schema import (
     SHUTTING_DOWN,
@@ -76,7 +85,13 @@ class StreamWorker:
             backoff_initial_s=ing.backoff_initial_s,
             backoff_max_s=ing.backoff_max_s,
             max_retries=ing.max_retries,
+            rtsp_transport=config.rtsp_transport or ing.rtsp_transport,
+            decode=config.decode or ing.decode,
+            hwaccel=ing.hwaccel,
+            decoder_threads=ing.decoder_threads,
+            ffmpeg_options=tuple(ing.ffmpeg_options.items()),
         )
+        self.backend = ing.backend
         self.broadcaster = Broadcaster(
             stream=self.id,
             run=run if run is not None else int(time.time() * 1000),
@@ -110,7 +125,8 @@ class StreamWorker:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reader = StreamReader(
+        self._reader = make_reader(
+            self.backend,
             self.id,
             self.source,
             self.reader_config,
@@ -195,17 +211,22 @@ class StreamWorker:
         done = time.monotonic()
         self.counters.predictions += 1
         total_ms = (done - frame.captured_mono) * 1000
-        self._observe(out.preprocess_ms + out.inference_ms, total_ms)
+        # The frame's age on the camera's clock where the stream has one (clamped: clocks differ)
+        age_ms = None if frame.source_at is None else max(0.0, (time.time() - frame.source_at) * 1000)
+        self._observe(out.preprocess_ms + out.inference_ms, total_ms if age_ms is None else age_ms)
         event = prediction_event(
             out.result,
             stream=self.id,
             frame=frame.index,
             captured_at=frame.captured_at,
+            source_at=frame.source_at,
+            clock=frame.clock,
             latency=Latency(
                 wait=round((started - frame.captured_mono) * 1000, 3),
                 preprocess=round(out.preprocess_ms, 3),
                 inference=round(out.inference_ms, 3),
                 total=round(total_ms, 3),
+                age=None if age_ms is None else round(age_ms, 3),
             ),
         )
         envelope = self.broadcaster.publish(event)
@@ -245,6 +266,14 @@ class StreamWorker:
             stalls=stats.stalls if stats else 0,
             decode_errors=stats.decode_errors if stats else 0,
             frames_read=stats.frames_read if stats else 0,
+            frames_decoded=stats.frames_decoded if stats else 0,
+            backend=self.backend,
+            decode=stats.decode_mode if stats else None,
+            decode_setting=self.reader_config.decode,
+            keyframe_interval_s=round(stats.keyframe_interval_s, 3) if stats and stats.keyframe_interval_s else None,
+            decode_switches=stats.mode_switches if stats else 0,
+            clock=stats.clock if stats else "reader",
+            hwaccel=stats.hwaccel if stats else None,
             frames_sampled=stats.frames_sampled if stats else 0,
             frames_skipped=stats.frames_skipped if stats else 0,
             frames_dropped=stats.frames_dropped if stats else 0,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 
 def write_clip(
@@ -17,15 +19,18 @@ def write_clip(
     height: int = 360,
     still: np.ndarray | None = None,
     fmt: str | None = None,
+    keyframes: Collection[int] | None = None,
 ) -> Path:
     """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame.
-    The container follows the suffix, or ``fmt`` (``mpegts`` for a stream a pipe can carry)."""
+    The container follows the suffix, or ``fmt`` (``mpegts`` for a stream a pipe can carry).
+    A keyframe every ``fps`` frames, or exactly at the frame indices in ``keyframes``."""
     if still is not None:
         height, width = still.shape[:2]
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"bf": "0", "preset": "ultrafast", "g": str(fps)}
+        gop = str(fps) if keyframes is None else "100000"
+        stream.options = {"bf": "0", "preset": "ultrafast", "g": gop, "sc_threshold": "0"}
         yy, xx = np.mgrid[0:height, 0:width]
         for i in range(int(seconds * fps)):
             img = (
@@ -34,6 +39,8 @@ def write_clip(
                 else np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, np.full_like(xx, (i * 9) % 256)], -1)
             )
             frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
+            if keyframes is not None:
+                frame.pict_type = PictureType.I if i in keyframes else PictureType.NONE
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -2,10 +2,11 @@
 """A real RTSP server (GStreamer's gst-rtsp-server), run with the system python3 + gi.
 
     /usr/bin/python3 harness/peers/rtsp_server.py [--port 0] [--file clip.mp4] [--width 640 --height 360 --fps 25]
+        [--gop 25]
 
 Serves ``rtsp://127.0.0.1:PORT/test``: a live test pattern encoded with x264 and
-shared by all clients, or an H.264 MP4 sent without re-encoding (from the start
-for each client, then end of stream).  Prints ``PORT <n>`` once it listens; exits
+shared by all clients (a keyframe every ``--gop`` frames), or an H.264 MP4 sent
+without re-encoding (from the start for each client, then end of stream).  Prints ``PORT <n>`` once it listens; exits
 on SIGTERM/SIGINT.
 """
 
@@ -27,6 +28,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--gop", type=int, default=0, help="frames from one keyframe to the next (default: --fps)")
     args = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -39,8 +41,8 @@ def main() -> int:
     else:
         launch = (
             f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},height={args.height},"
-            f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
-            "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+            f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast "
+            f"key-int-max={args.gop or args.fps} ! rtph264pay name=pay0 pt=96 config-interval=1 )"
         )
         factory.set_shared(True)
     factory.set_launch(launch)

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, Watchdog, parse_source
+from gateway.ingest import (
+    READERS,
+    Backend,
+    ReaderConfig,
+    StateChange,
+    StreamReader,
+    StreamState,
+    Watchdog,
+    make_reader,
+    parse_source,
+)
 from harness.helpers import free_port, wait_until
 from harness.peers.clips import write_clip
 from harness.peers.pipe import PipeCamera
@@ -19,6 +29,13 @@ pytestmark = pytest.mark.integration
 FAST = ReaderConfig(
     sample_fps=5, width=320, height=180, open_timeout_s=3, read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=1.0
 )
+
+
+@pytest.fixture(params=sorted(READERS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Every ingest test runs with each reader."""
+    value: Backend = request.param
+    return value
 
 
 @pytest.fixture
@@ -50,9 +67,11 @@ def silent_for(reader: StreamReader, rec: Recorder, state: StreamState) -> float
     return rec.entered[state] - last
 
 
-def reader_for(url: str, config: ReaderConfig = FAST, loop: bool = False) -> tuple[StreamReader, Recorder]:
+def reader_for(
+    backend: Backend, url: str, config: ReaderConfig = FAST, loop: bool = False
+) -> tuple[StreamReader, Recorder]:
     rec = Recorder()
-    return StreamReader("cam", parse_source(url, loop=loop), config, on_state=rec), rec
+    return make_reader(backend, "cam", parse_source(url, loop=loop), config, on_state=rec), rec
 
 
 def collect(reader: StreamReader, seconds: float) -> list[float]:
@@ -66,8 +85,8 @@ def collect(reader: StreamReader, seconds: float) -> list[float]:
     return ages
 
 
-def test_rtsp_frames_arrive_at_the_sampling_rate(rtsp: RtspServer) -> None:
-    reader, rec = reader_for(rtsp.url)
+def test_rtsp_frames_arrive_at_the_sampling_rate(backend: Backend, rtsp: RtspServer) -> None:
+    reader, rec = reader_for(backend, rtsp.url)
     reader.start()
     try:
         wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
@@ -86,8 +105,8 @@ def test_rtsp_frames_arrive_at_the_sampling_rate(rtsp: RtspServer) -> None:
     reader.stop()  # idempotent
 
 
-def test_killed_server_reconnects_and_recovers(rtsp: RtspServer) -> None:
-    reader, rec = reader_for(rtsp.url)
+def test_killed_server_reconnects_and_recovers(backend: Backend, rtsp: RtspServer) -> None:
+    reader, rec = reader_for(backend, rtsp.url)
     assert rec.states() == []
     reader.start()
     try:
@@ -109,8 +128,8 @@ def test_killed_server_reconnects_and_recovers(rtsp: RtspServer) -> None:
         reader.join(10)
 
 
-def test_frozen_server_is_detected_within_the_read_timeout(rtsp: RtspServer) -> None:
-    reader, rec = reader_for(rtsp.url)
+def test_frozen_server_is_detected_within_the_read_timeout(backend: Backend, rtsp: RtspServer) -> None:
+    reader, rec = reader_for(backend, rtsp.url)
     reader.start()
     try:
         wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
@@ -130,18 +149,18 @@ def test_frozen_server_is_detected_within_the_read_timeout(rtsp: RtspServer) -> 
         assert reader.join(15), "the reader thread must stop within its bounded waits"
 
 
-def test_unreachable_source_fails_after_max_retries() -> None:
+def test_unreachable_source_fails_after_max_retries(backend: Backend) -> None:
     config = ReaderConfig(open_timeout_s=1, read_timeout_s=1, backoff_initial_s=0.1, max_retries=2)
-    reader, rec = reader_for(f"rtsp://127.0.0.1:{free_port()}/nothing", config)
+    reader, rec = reader_for(backend, f"rtsp://127.0.0.1:{free_port()}/nothing", config)
     reader.start()
     assert reader.join(20)
     assert rec.states()[-1] is StreamState.FAILED and StreamState.RECONNECTING in rec.states()
     assert reader.latest(timeout=0.1) is None
 
 
-def test_file_without_loop_ends(tmp_path: Path) -> None:
+def test_file_without_loop_ends(backend: Backend, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.mp4", seconds=1.5, fps=25)
-    reader, rec = reader_for(str(clip))
+    reader, rec = reader_for(backend, str(clip))
     t0 = time.monotonic()
     reader.start()
     assert reader.join(10)
@@ -151,9 +170,9 @@ def test_file_without_loop_ends(tmp_path: Path) -> None:
     assert reader.stats.frames_read == 37 or abs(reader.stats.frames_read - 37) <= 1
 
 
-def test_file_with_loop_keeps_running(tmp_path: Path) -> None:
+def test_file_with_loop_keeps_running(backend: Backend, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.mp4", seconds=1.0, fps=25)
-    reader, rec = reader_for(str(clip), loop=True)
+    reader, rec = reader_for(backend, str(clip), loop=True)
     reader.start()
     try:
         wait_until(lambda: reader.stats.frames_read > 60, 10, what="three passes over a 25-frame clip")
@@ -164,11 +183,11 @@ def test_file_with_loop_keeps_running(tmp_path: Path) -> None:
     assert StreamState.ENDED not in rec.states()
 
 
-def test_rtsp_file_source(tmp_path: Path) -> None:
+def test_rtsp_file_source(backend: Backend, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.mp4", seconds=2.0)
     server = RtspServer(file=clip)
     try:
-        reader, _ = reader_for(server.url)
+        reader, _ = reader_for(backend, server.url)
         reader.start()
         try:
             wait_until(lambda: reader.stats.frames_sampled >= 3, 10, what="frames from an RTSP-served MP4")
@@ -179,9 +198,9 @@ def test_rtsp_file_source(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(rtsp: RtspServer) -> None:
+def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(backend: Backend, rtsp: RtspServer) -> None:
     config = ReaderConfig(sample_fps=10, width=320, height=180, read_timeout_s=2)
-    reader, _ = reader_for(rtsp.url, config)
+    reader, _ = reader_for(backend, rtsp.url, config)
     reader.start()
     try:
         wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
@@ -199,21 +218,21 @@ def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(rtsp: RtspSer
         reader.join(10)
 
 
-def test_credentials_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials_never_reach_the_log(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     config = ReaderConfig(open_timeout_s=1, backoff_initial_s=0.1, max_retries=1)
-    reader, _ = reader_for(f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/x", config)
+    reader, _ = reader_for(backend, f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/x", config)
     reader.start()
     reader.join(15)
     assert "admin:***@" in caplog.text and "s3cret" not in caplog.text
 
 
-def test_missing_webcam_goes_through_the_same_reader_and_fails_cleanly() -> None:
+def test_missing_webcam_goes_through_the_same_reader_and_fails_cleanly(backend: Backend) -> None:
     # There is no camera on the build machines: /dev/video0 is absent, so the webcam
     # path is shown to open, retry and give up like any source (frames are covered by
     # the file and RTSP tests, which share the read loop).
     config = ReaderConfig(open_timeout_s=1, backoff_initial_s=0.1, max_retries=1)
-    reader, rec = reader_for("0", config)
+    reader, rec = reader_for(backend, "0", config)
     reader.start()
     assert reader.join(20)
     assert rec.states() == [StreamState.RECONNECTING, StreamState.FAILED]
@@ -237,9 +256,9 @@ def watched(reader: StreamReader) -> Watchdog:
     return dog
 
 
-def test_paused_pipe_writer_is_stalled_then_running_again(pipe_camera: PipeCamera) -> None:
+def test_paused_pipe_writer_is_stalled_then_running_again(backend: Backend, pipe_camera: PipeCamera) -> None:
     # given a file source read from a FIFO whose writer is live, under the watchdog
-    reader, rec = reader_for(str(pipe_camera.fifo))
+    reader, rec = reader_for(backend, str(pipe_camera.fifo))
     dog = watched(reader)
     reader.start()
     try:
@@ -263,9 +282,9 @@ def test_paused_pipe_writer_is_stalled_then_running_again(pipe_camera: PipeCamer
         reader.join(10)
 
 
-def test_frozen_server_is_stalled_then_running_after_sigcont(rtsp: RtspServer) -> None:
+def test_frozen_server_is_stalled_then_running_after_sigcont(backend: Backend, rtsp: RtspServer) -> None:
     # given an RTSP source under the watchdog
-    reader, rec = reader_for(rtsp.url)
+    reader, rec = reader_for(backend, rtsp.url)
     dog = watched(reader)
     reader.start()
     try:

@@ -216,4 +216,34 @@ def test_sse_events_match_the_published_schemas(streams_gateway: GatewayProcess)
         f"{streams_gateway.url}/predict", files={"image": ("a.jpg", encode(scene(320, 240), "JPEG"), "image/jpeg")}
     ).json()
     event = predictions(events)[0]
-    assert set(event) - {"stream", "frame", "captured_at", "latency_ms"} == set(answer) - {"timings_ms"}
+    assert set(event) - {"stream", "frame", "captured_at", "source_at", "clock", "latency_ms"} == set(answer) - {
+        "timings_ms"
+    }
+
+
+def test_a_1_fps_stream_decodes_keyframes_and_its_events_carry_the_camera_clock(
+    streams_gateway: GatewayProcess, rtsp: RtspServer
+) -> None:
+    # given a stream added at 1 fps from a 25 fps camera with a keyframe every second (the PyAV reader)
+    body = {"id": "keys", "url": rtsp.url, "sample_fps": 1}
+    assert httpx.post(f"{streams_gateway.url}/streams", json=body).status_code == 201
+    try:
+        # then GET /streams shows it decoding keyframes only, at the interval it measured
+        wait_until(lambda: stream_info(streams_gateway, "keys")["decode"] == "keyframes", 15, what="keyframe mode")
+        wait_until(lambda: stream_info(streams_gateway, "keys")["clock"] == "rtcp", 15, what="RTCP sender reports")
+        info = stream_info(streams_gateway, "keys")
+        assert info["backend"] == "pyav" and info["decode_setting"] == "auto"
+        assert abs(info["keyframe_interval_s"] - 1.0) < 0.1
+        # and its prediction events carry the camera's capture time and the age measured from it
+        preds = predictions(sse(f"{streams_gateway.url}/streams/keys/events", 10.0, stop_after=3))
+        later = stream_info(streams_gateway, "keys")
+        decoded, sampled = (later[k] - info[k] for k in ("frames_decoded", "frames_sampled"))
+        assert decoded <= sampled + 1 and later["frames_read"] - info["frames_read"] >= 40, (info, later)
+        assert preds and all(p["clock"] == "rtcp" for p in preds)
+        for p in preds:
+            assert p["source_at"] <= p["captured_at"] + 0.05, "captured before it was read"
+            assert 0 <= p["latency_ms"]["age"] < 1000 and p["latency_ms"]["age"] >= p["latency_ms"]["total"] - 50
+        # and the default stream, sampled above its keyframe rate, decodes every frame
+        assert stream_info(streams_gateway, "default")["decode"] == "all"
+    finally:
+        httpx.delete(f"{streams_gateway.url}/streams/keys")

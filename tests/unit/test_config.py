@@ -63,6 +63,10 @@ def test_yaml_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ({"APP_UPLOAD__MAX_BYTES": "ten"}, "upload.max_bytes"),
         ({"APP_DEVICE": "tpu"}, "device"),
         ({"APP_PREPROCESS__STD": "[0.2, 0, 0.2]"}, "preprocess.std"),
+        ({"APP_INGEST__BACKEND": "gstreamer"}, "ingest.backend"),
+        ({"APP_INGEST__DECODE": "some"}, "ingest.decode"),
+        ({"APP_INGEST__HWACCEL": "nvdec"}, "ingest.hwaccel"),  # FFmpeg's device type is cuda
+        ({"APP_INGEST__FFMPEG_OPTIONS": '{"protocol_whitelist": "file,http"}'}, "ingest.ffmpeg_options"),
     ],
 )
 def test_invalid_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str) -> None:

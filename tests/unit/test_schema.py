@@ -62,7 +62,14 @@ def test_predict_sse_and_capture_serialize_the_same_result(result: Classificatio
     for extended in (response, event.model_dump(mode="json"), record.model_dump(mode="json")):
         assert {k: extended[k] for k in fields} == fields
     assert set(response) - set(fields) == {"timings_ms"}
-    assert set(event.model_dump()) - set(fields) == {"stream", "frame", "captured_at", "latency_ms"}
+    assert set(event.model_dump()) - set(fields) == {
+        "stream",
+        "frame",
+        "captured_at",
+        "source_at",
+        "clock",
+        "latency_ms",
+    }
     assert schema.event_type(event) == "prediction"
 
 

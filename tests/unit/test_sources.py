@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ingest.sources import SourceError, SourceKind, ffmpeg_options, parse_source, redact
+from gateway.ingest.sources import (
+    SourceError,
+    SourceKind,
+    ffmpeg_option_dict,
+    ffmpeg_options,
+    parse_source,
+    redact,
+    redact_text,
+)
 
 
 def test_kinds() -> None:
@@ -33,3 +41,20 @@ def test_ffmpeg_protocols_are_restricted_per_kind() -> None:
     assert "protocol_whitelist;rtsp,rtsps,rtp,srtp,udp,tcp,tls" in rtsp and "file" not in rtsp
     assert "rtsp_transport;tcp" in rtsp
     assert ffmpeg_options(parse_source("/a.mp4")) == "protocol_whitelist;file"
+
+
+def test_options_are_per_open_and_cannot_widen_the_whitelist() -> None:
+    spec = parse_source("rtsp://h/x")
+    options = ffmpeg_option_dict(spec, transport="udp", extra={"buffer_size": "1048576", "protocol_whitelist": "file"})
+    assert options["buffer_size"] == "1048576" and options["rtsp_transport"] == "udp"
+    assert options["protocol_whitelist"] == "rtsp,rtsps,rtp,srtp,udp,tcp,tls", "the kind's whitelist wins"
+    assert ffmpeg_option_dict(parse_source("/a.mp4"), extra={"probesize": "5000000"}) == {
+        "probesize": "5000000",
+        "protocol_whitelist": "file",
+    }
+
+
+def test_ffmpeg_messages_lose_their_passwords() -> None:
+    message = "[Errno 111] Connection refused: 'rtsp://admin:s3cret@10.0.0.7:554/live'"
+    assert redact_text(message) == "[Errno 111] Connection refused: 'rtsp://admin:***@10.0.0.7:554/live'"
+    assert redact_text("no url here") == "no url here"

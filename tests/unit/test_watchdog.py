@@ -1,7 +1,7 @@
 """The watchdog against a decoder that wedges: no timeout of its own ever returns.
 
 No such decoder can be produced on purpose here (no webcam, and every network
-source has a read timeout), so the reader's ``_open`` is patched to hand out a
+source has a read timeout), so the OpenCV reader's ``_open`` is patched to hand out a
 capture that blocks in ``grab()`` until released.  Real pipes and frozen RTSP
 servers are covered by tests/integration/test_ingest.py.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.ingest import ReaderConfig, StateChange, StreamReader, StreamState, Watchdog, parse_source
+from gateway.ingest import OpenCvReader, ReaderConfig, StateChange, StreamState, Watchdog, parse_source
 from harness.helpers import wait_until
 
 CONFIG = ReaderConfig(sample_fps=10, width=32, height=18, read_timeout_s=0.5, backoff_initial_s=0.05)
@@ -57,9 +57,9 @@ def test_a_wedged_decoder_is_stalled_then_restarted_on_a_fresh_thread(monkeypatc
     # given a reader whose first capture wedges after a while, and a second one that works
     first, second = FakeCapture(), FakeCapture()
     captures = iter([first, second])
-    monkeypatch.setattr(StreamReader, "_open", lambda self: next(captures))
+    monkeypatch.setattr(OpenCvReader, "_open", lambda self: next(captures))
     changes: list[StateChange] = []
-    reader = StreamReader("cam", parse_source("rtsp://cam.local/x"), CONFIG, on_state=changes.append)
+    reader = OpenCvReader("cam", parse_source("rtsp://cam.local/x"), CONFIG, on_state=changes.append)
     dog = Watchdog(interval_s=0.05)
     dog.watch(reader)
     dog.start()
@@ -91,8 +91,8 @@ def test_a_wedged_decoder_is_stalled_then_restarted_on_a_fresh_thread(monkeypatc
 
 def test_the_watchdog_leaves_healthy_and_idle_readers_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     capture = FakeCapture()
-    monkeypatch.setattr(StreamReader, "_open", lambda self: capture)
-    reader = StreamReader("cam", parse_source("rtsp://cam.local/x"), CONFIG)
+    monkeypatch.setattr(OpenCvReader, "_open", lambda self: capture)
+    reader = OpenCvReader("cam", parse_source("rtsp://cam.local/x"), CONFIG)
     dog = Watchdog(interval_s=0.05)
     dog.watch(reader)
     dog.check()  # not started yet: no frame, nothing to judge
@@ -110,8 +110,8 @@ def test_the_watchdog_leaves_healthy_and_idle_readers_alone(monkeypatch: pytest.
 
 
 def test_stop_is_idempotent_and_a_stopped_reader_is_not_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(StreamReader, "_open", lambda self: FakeCapture())
-    reader = StreamReader("cam", parse_source("rtsp://cam.local/x"), CONFIG)
+    monkeypatch.setattr(OpenCvReader, "_open", lambda self: FakeCapture())
+    reader = OpenCvReader("cam", parse_source("rtsp://cam.local/x"), CONFIG)
     dog = Watchdog()
     dog.start()
     dog.stop()

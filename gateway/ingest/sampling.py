@@ -1,0 +1,130 @@
+"""What to decode, and when a frame was captured: pure logic the PyAV reader runs per packet.
+
+``DecodePlan`` measures a stream's keyframe interval from the keyframes it sees,
+chooses between decoding **keyframes only** (when ``sample_fps`` is at or below
+the keyframe rate, every sample can be a keyframe, and nothing between keyframes
+needs decoding) and **all frames** (the decoder needs every reference frame to
+deliver the frames in between), and picks, in keyframe mode, the keyframe nearest
+each due sample.  The interval is re-measured all the time: a camera whose GOP
+changes switches mode.
+
+``SourceClock`` maps a frame's presentation timestamp to wall-clock capture time:
+through the RTCP sender reports where the camera sends them (the reader passes
+FFmpeg's ``start_time_realtime``, the wall time of the first packet's RTP
+timestamp, and times counted from the first packet), otherwise by anchoring the PTS
+to the earliest arrival seen, so that reader-side delays (buffers, a slow
+decoder) still show in the frame's age.  A jump in the timestamps (a looped file,
+an encoder that restarts its timeline) is bridged, so the mapping stays valid.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import deque
+
+from gateway.ingest.reader import Clock, DecodeMode, DecodeSetting
+
+log = logging.getLogger(__name__)
+KEYFRAME_TOLERANCE = 0.05  # sample_fps up to 5% above the keyframe rate still samples keyframes (jitter)
+INTERVALS = 4  # keyframe intervals the median is taken over (a new GOP shows after two)
+RTCP_FUTURE_S = 2.0  # an RTCP capture time this far after arrival is a wrong camera clock
+RTCP_PAST_S = 120.0  # ... or this far before it
+JUMP_BACK_S = 0.5  # presentation time going back this much is a jump in the timeline
+JUMP_AHEAD_S = 1.0  # ... and so is presentation time running this much ahead of the arrivals
+DRIFT = 1e-3  # the PTS anchor may move 1 ms later per second: a camera clock slower than ours
+
+
+class DecodePlan:
+    def __init__(self, sample_fps: float, setting: DecodeSetting = "auto") -> None:
+        self.period = 1.0 / sample_fps
+        self.setting = setting
+        self._keyframes: deque[float] = deque(maxlen=INTERVALS + 1)
+
+    def keyframe(self, media_s: float | None) -> None:
+        """A keyframe at this presentation time (seconds).  Time going backwards (a looped
+        file, a camera restart) starts the measurement afresh."""
+        if media_s is None:
+            return
+        if self._keyframes and media_s <= self._keyframes[-1]:
+            self._keyframes.clear()
+        self._keyframes.append(media_s)
+
+    @property
+    def interval(self) -> float | None:
+        """Median keyframe interval in seconds; None until two keyframes were seen."""
+        k = self._keyframes
+        if len(k) < 2:
+            return None
+        return statistics.median(b - a for a, b in zip(k, list(k)[1:], strict=False))
+
+    @property
+    def mode(self) -> DecodeMode:
+        if self.setting != "auto":
+            return self.setting
+        interval = self.interval
+        if interval is None:
+            return "all"  # until the interval is known
+        return "keyframes" if self.period >= interval * (1 - KEYFRAME_TOLERANCE) else "all"
+
+    def take_keyframe(self, now: float, next_sample: float) -> bool:
+        """In keyframe mode: decode the keyframe arriving at ``now``?  Yes when it is nearer the
+        due sample than the next keyframe will be (half an interval early at most)."""
+        interval = self.interval
+        early = interval / 2 if interval is not None else 0.0
+        return now >= next_sample - early
+
+
+class SourceClock:
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.jumps = 0  # discontinuities of the stream's timeline (a looped file, a restarted encoder)
+        self._shift = 0.0  # added to PTS to keep the timeline continuous across jumps
+        self._offset: float | None = None  # arrival - time of the earliest-arriving frame
+        self._last: tuple[float, float] | None = None  # (continuous time, arrival) of the previous frame
+        self._last_arrival = 0.0
+        self._distrusted = False
+
+    def capture_time(
+        self, pts_s: float | None, arrival: float, realtime_origin: float | None
+    ) -> tuple[float | None, Clock]:
+        """Wall-clock capture time of a frame with presentation time ``pts_s`` that arrived at
+        ``arrival`` (Unix seconds); ``realtime_origin``: from RTCP, the wall time of PTS 0.
+        None (clock "reader") for a frame without a timestamp."""
+        if pts_s is None:
+            return None, "reader"
+        t = self._continuous(pts_s, arrival)
+        if realtime_origin is not None and not self._distrusted:
+            at = realtime_origin + t
+            if arrival - RTCP_PAST_S <= at <= arrival + RTCP_FUTURE_S:
+                return at, "rtcp"
+            self._distrusted = True  # a camera whose clock is off: say so once, use its PTS
+            log.warning(
+                "stream %s: RTCP says frames were captured %.1fs from their arrival; the camera's clock is "
+                "not set, so its frame ages are measured from the first frame instead",
+                self.stream_id,
+                arrival - at,
+            )
+        offset = arrival - t
+        if self._offset is None:
+            self._offset = offset
+        else:  # the earliest arrival so far, allowing for a camera clock that runs slow
+            self._offset = min(self._offset + DRIFT * max(0.0, arrival - self._last_arrival), offset)
+        return t + self._offset, "pts"
+
+    def _continuous(self, pts_s: float, arrival: float) -> float:
+        """The PTS on a timeline without jumps.  A jump (time going back, or ahead of the wall
+        clock) continues the timeline from the previous frame: the mapping from before it (RTCP's
+        or the anchor) stays valid, where FFmpeg's start_time_realtime would not."""
+        t = pts_s + self._shift
+        last = self._last
+        self._last_arrival = last[1] if last else arrival
+        if last is not None:
+            dt, da = t - last[0], arrival - last[1]
+            if dt < -JUMP_BACK_S or dt > max(0.0, da) + JUMP_AHEAD_S:
+                self.jumps += 1
+                self._shift += last[0] + max(0.0, da) - t
+                t = pts_s + self._shift
+                log.info("stream %s: its timestamps jumped by %.2fs; continuing its clock", self.stream_id, dt)
+        self._last = (t, arrival)
+        return t

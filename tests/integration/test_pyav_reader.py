@@ -1,0 +1,171 @@
+"""What only the PyAV reader does, against a real RTSP server (GStreamer) and real H.264 files:
+keyframe-only decoding, switching mode with the stream's GOP, the camera's clock, bounded
+waits on a frozen source, and the hardware-decoder fallback.  The contract both readers
+share (states, reconnects, files, redaction) is tests/integration/test_ingest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.ingest import Frame, PyAvReader, ReaderConfig, StreamState, parse_source
+from harness.helpers import wait_until
+from harness.peers.clips import write_clip
+from harness.peers.proxy import TcpProxy
+from harness.peers.rtsp import RtspServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rtsp() -> Iterator[RtspServer]:
+    server = RtspServer()  # 640x360, 25 fps, a keyframe every 25 frames
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def config(**kw: object) -> ReaderConfig:
+    base: dict[str, object] = {"width": 320, "height": 180, "open_timeout_s": 3, "read_timeout_s": 2}
+    return ReaderConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def frames(reader: PyAvReader, seconds: float) -> list[Frame]:
+    """Every new frame for ``seconds``."""
+    out: list[Frame] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        frame = reader.latest(after=out[-1].index if out else 0, timeout=0.5)
+        if frame is not None:
+            out.append(frame)
+    return out
+
+
+@contextlib.contextmanager
+def running(reader: PyAvReader) -> Iterator[PyAvReader]:
+    reader.start()
+    try:
+        yield reader
+    finally:
+        reader.stop()
+        assert reader.join(15), "the reader thread must stop within its bounded waits"
+
+
+def test_keyframe_mode_samples_a_gop_25_stream_at_1_fps_decoding_only_keyframes(rtsp: RtspServer) -> None:
+    # given a live 25 fps stream with a keyframe every second, sampled at 1 fps
+    with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=1))) as reader:
+        # when the reader has measured the keyframe interval
+        wait_until(lambda: reader.stats.decode_mode == "keyframes", 10, what="keyframe mode")
+        decoded, read = reader.stats.frames_decoded, reader.stats.frames_read
+        got = frames(reader, 6.0)
+        # then it delivers the sampling rate, and decodes one frame per sample: no more
+        assert 5 <= len(got) <= 7, f"{len(got)} frames in 6 s at sample_fps=1"
+        assert reader.stats.keyframe_interval_s == pytest.approx(1.0, abs=0.1)
+        decoded, read = reader.stats.frames_decoded - decoded, reader.stats.frames_read - read
+        assert read >= 120, f"{read} frames read in 6 s of a 25 fps stream"
+        assert decoded <= len(got) + 1, f"{decoded} frames decoded for {len(got)} samples: only keyframes"
+        assert all(f.image.shape == (180, 320, 3) and f.source_size == (640, 360) for f in got)
+        assert reader.stats.mode_switches == 0
+
+
+def test_above_the_keyframe_rate_every_frame_is_decoded_and_only_samples_converted(rtsp: RtspServer) -> None:
+    with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=2))) as reader:
+        wait_until(lambda: reader.stats.keyframe_interval_s is not None, 10, what="a measured keyframe interval")
+        got = frames(reader, 4.0)
+        assert reader.stats.decode_mode == "all"
+        assert 7 <= len(got) <= 10, f"{len(got)} frames in 4 s at sample_fps=2"
+        assert reader.stats.frames_decoded > 8 * reader.stats.frames_sampled
+
+
+def test_the_decode_setting_overrides_the_choice(rtsp: RtspServer) -> None:
+    with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=1, decode="all"))) as reader:
+        wait_until(lambda: reader.stats.keyframe_interval_s is not None, 10, what="a measured keyframe interval")
+        frames(reader, 2.0)
+        assert reader.stats.decode_mode == "all" and reader.stats.frames_decoded > 40
+
+
+def test_a_stream_whose_gop_grows_switches_to_all_frames_and_keeps_the_rate(tmp_path: Path) -> None:
+    # given a clip with a keyframe every second for 5 s, then every 2 s (sample_fps 1 > 0.5 keyframes/s)
+    keys = {*range(0, 125, 25), *range(125, 400, 50)}
+    clip = write_clip(tmp_path / "gop.mp4", seconds=12, width=320, height=180, keyframes=keys)
+    reader = PyAvReader("cam", parse_source(str(clip)), config(sample_fps=1))
+    with running(reader) as reader:
+        wait_until(lambda: reader.stats.decode_mode == "keyframes", 5, what="keyframe mode first")
+        # when the keyframes thin out
+        wait_until(lambda: reader.stats.decode_mode == "all", 10, what="the switch to all frames")
+        # then it decodes every frame from the next keyframe on, and frames keep coming at the rate
+        assert reader.stats.mode_switches == 1 and reader.stats.keyframe_interval_s == pytest.approx(1.5, abs=0.5)
+        got = frames(reader, 3.0)
+        assert 2 <= len(got) <= 4, f"{len(got)} frames in 3 s at sample_fps=1 after the switch"
+        assert reader.stats.decode_errors == 0, "no packet reached the decoder without its references"
+
+
+def test_frame_timestamps_increase_and_follow_the_source_clock(rtsp: RtspServer) -> None:
+    with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=2))) as reader:
+        wait_until(lambda: reader.stats.clock == "rtcp", 10, what="RTCP sender reports")
+        got = frames(reader, 3.0)
+        assert len(got) >= 5 and all(f.clock == "rtcp" and f.source_at is not None for f in got)
+        stamps = [f.source_at for f in got if f.source_at is not None]
+        assert all(b > a for a, b in itertools.pairwise(stamps)), "capture times only increase"
+        for a, b in itertools.pairwise(got):  # the camera's spacing is the sampling's
+            assert a.source_at is not None and b.source_at is not None
+            gap, taken = b.source_at - a.source_at, b.captured_at - a.captured_at
+            assert abs(gap - taken) < 0.2, f"camera gap {gap:.3f}s, reader gap {taken:.3f}s"
+        ages = [f.captured_at - (f.source_at or 0) for f in got]
+        assert all(0 <= a < 0.5 for a in ages), f"ages on the camera's clock {ages}: loopback, a live encoder"
+
+
+def test_a_known_network_delay_shows_in_the_frame_age(rtsp: RtspServer) -> None:
+    # given the camera behind a link that delays everything it sends by 0.8 s once it plays (a slower
+    # setup would leave this server's media paused in between, and its RTCP clock behind by as much)
+    with TcpProxy(rtsp.port, delay_s=0.8, delay_after=b"RTP-Info") as link:
+        url = f"rtsp://127.0.0.1:{link.port}/test"
+        with running(PyAvReader("cam", parse_source(url), config(sample_fps=1, open_timeout_s=8))) as reader:
+            wait_until(lambda: reader.stats.clock == "rtcp", 15, what="RTCP sender reports")
+            got = frames(reader, 3.0)
+            # then the age on the camera's clock includes the delay, which the reader's own clock cannot see
+            ages = [f.captured_at - f.source_at for f in got if f.source_at is not None]
+            assert ages and all(0.8 <= a < 1.4 for a in ages), f"ages {ages} behind a 0.8 s link"
+
+
+def test_a_frozen_source_is_noticed_within_the_read_timeout_and_no_thread_stays_blocked(rtsp: RtspServer) -> None:
+    changes: list[tuple[StreamState, float]] = []
+    reader = PyAvReader(
+        "frozen", parse_source(rtsp.url), config(), on_state=lambda c: changes.append((c.new, time.monotonic()))
+    )
+    with running(reader) as reader:
+        wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        rtsp.freeze()
+        try:
+            wait_until(lambda: reader.state is StreamState.RECONNECTING, 10, 0.05, what="reconnecting")
+            last = reader.stats.last_read_mono
+            assert last is not None
+            stalled = next(t for s, t in changes if s is StreamState.STALLED)
+            assert stalled - last < 2 + 0.5, f"stalled {stalled - last:.2f}s after the last frame (read timeout 2 s)"
+            # the frozen connection was closed on the side, and nothing waits on it for long
+            wait_until(
+                lambda: not [t for t in threading.enumerate() if t.name == "release-frozen"],
+                3,
+                0.05,
+                what="the frozen connection closed",
+            )
+            readers = [t for t in threading.enumerate() if t.name.startswith("reader-frozen-")]
+            assert len(readers) == 1, f"one reader thread, not {[t.name for t in readers]}"
+        finally:
+            rtsp.thaw()
+        wait_until(lambda: reader.state is StreamState.RUNNING, 20, what="running after SIGCONT")
+
+
+def test_a_hardware_decoder_that_cannot_open_falls_back_to_software(tmp_path: Path) -> None:
+    # this machine has no GPU: CUDA's device cannot be created
+    clip = write_clip(tmp_path / "clip.mp4", seconds=2, width=320, height=180)
+    with running(PyAvReader("cam", parse_source(str(clip), loop=True), config(hwaccel="cuda"))) as reader:
+        wait_until(lambda: reader.stats.frames_sampled >= 3, 10, what="frames decoded in software")
+        assert reader.stats.hwaccel is None and reader.state is StreamState.RUNNING

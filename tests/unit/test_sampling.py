@@ -1,0 +1,104 @@
+"""The PyAV reader's decisions, without a decoder: what to decode, and each frame's capture time."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.ingest.sampling import DRIFT, DecodePlan, SourceClock
+
+
+def stamp(clock: SourceClock, pts: float, arrival: float, origin: float | None) -> tuple[float, str]:
+    at, kind = clock.capture_time(pts, arrival=arrival, realtime_origin=origin)
+    assert at is not None, "a frame with a timestamp has a capture time"
+    return at, kind
+
+
+def keyframes(plan: DecodePlan, times: list[float]) -> DecodePlan:
+    for t in times:
+        plan.keyframe(t)
+    return plan
+
+
+def test_the_keyframe_interval_is_measured_not_assumed() -> None:
+    plan = DecodePlan(sample_fps=1)
+    assert plan.interval is None and plan.mode == "all", "until two keyframes are seen, decode everything"
+    keyframes(plan, [10.0, 11.0, 12.0, 13.04, 14.0])
+    assert plan.interval == pytest.approx(1.0, abs=0.05)
+
+
+def test_auto_decodes_keyframes_at_or_below_the_keyframe_rate_and_all_frames_above_it() -> None:
+    gop25 = [i * 1.0 for i in range(6)]  # 25 fps, a keyframe every 25 frames
+    assert keyframes(DecodePlan(sample_fps=1), gop25).mode == "keyframes"
+    assert keyframes(DecodePlan(sample_fps=0.5), gop25).mode == "keyframes"
+    assert keyframes(DecodePlan(sample_fps=1.04), gop25).mode == "keyframes", "within the jitter tolerance"
+    assert keyframes(DecodePlan(sample_fps=2), gop25).mode == "all"
+    assert keyframes(DecodePlan(sample_fps=2, setting="keyframes"), gop25).mode == "keyframes", "overridden"
+    assert keyframes(DecodePlan(sample_fps=1, setting="all"), gop25).mode == "all", "overridden"
+
+
+def test_a_longer_gop_switches_to_all_frames_and_a_shorter_one_back() -> None:
+    plan = keyframes(DecodePlan(sample_fps=1), [0, 1, 2, 3, 4])
+    modes = [plan.mode]
+    keyframes(plan, [6, 8, 10, 12, 14])  # the camera's GOP became 2 s
+    modes.append(plan.mode)
+    assert plan.interval == pytest.approx(2.0)
+    keyframes(plan, [15, 16, 17, 18, 19, 20])
+    modes.append(plan.mode)
+    assert modes == ["keyframes", "all", "keyframes"]
+
+
+def test_time_going_back_restarts_the_measurement() -> None:
+    plan = keyframes(DecodePlan(sample_fps=1), [0, 1, 2, 3])
+    plan.keyframe(0.0)  # a looped file
+    assert plan.interval is None
+    plan.keyframe(4.0)
+    assert plan.interval == 4.0 and plan.mode == "all"
+
+
+def test_the_keyframe_nearest_each_due_sample_is_taken() -> None:
+    plan = keyframes(DecodePlan(sample_fps=0.5), [0, 1, 2])  # every other keyframe
+    assert plan.take_keyframe(now=100.0, next_sample=100.0)
+    assert not plan.take_keyframe(now=101.0, next_sample=102.0), "the one at 102 is nearer"
+    assert plan.take_keyframe(now=101.6, next_sample=102.0), "jitter: this one is nearer than the next"
+
+
+def test_rtcp_gives_the_camera_capture_time() -> None:
+    clock = SourceClock("cam")
+    origin = 1_800_000_000.0  # the wall time of PTS 0, from the first sender report
+    at, kind = stamp(clock, 4.0, origin + 4.3, origin)
+    assert kind == "rtcp" and at == pytest.approx(origin + 4.0), "0.3 s of network and buffers show in the age"
+
+
+def test_a_camera_clock_that_is_off_is_not_trusted() -> None:
+    clock = SourceClock("cam")
+    at, kind = stamp(clock, 1.0, 2_000.0, 5_000.0)  # an hour in the future
+    assert kind == "pts" and at == pytest.approx(2_000.0)
+    _, kind = stamp(clock, 2.0, 2_001.0, 1_999.0)
+    assert kind == "pts", "once distrusted, the camera's clock stays out"
+
+
+def test_without_rtcp_the_earliest_arrival_anchors_the_pts() -> None:
+    clock = SourceClock("cam")
+    assert clock.capture_time(None, 50.0, None) == (None, "reader")
+    at, kind = stamp(clock, 0.0, 100.3, None)
+    assert at == pytest.approx(100.3) and kind == "pts"
+    at, _ = stamp(clock, 1.0, 101.1, None)  # arrived faster: the new anchor
+    assert at == pytest.approx(101.1)
+    at, _ = stamp(clock, 2.0, 102.6, None)  # 0.5 s late: it shows
+    assert 102.6 - at == pytest.approx(0.5 - DRIFT * 1.5, abs=1e-6)
+
+
+def test_a_jump_in_the_timestamps_is_bridged() -> None:
+    clock = SourceClock("cam")
+    origin = 1_800_000_000.0
+    for t in (1.0, 2.0, 3.0):
+        at, _ = stamp(clock, t, origin + t + 0.04, origin)
+    # the encoder restarts its timeline (a shared RTSP media that starts again for a new client)
+    at, kind = stamp(clock, 0.08, origin + 4.04, origin)
+    assert kind == "rtcp" and origin + 4.04 - at == pytest.approx(0.04, abs=0.01), "the age stays what it was"
+    assert clock.jumps == 1
+    at, _ = stamp(clock, 1.08, origin + 5.04, origin)
+    assert origin + 5.04 - at == pytest.approx(0.04, abs=0.01)
+    # a burst after a network stall is not a jump: the frames are late, and their age shows it
+    at, _ = stamp(clock, 1.12, origin + 8.0, origin)
+    assert clock.jumps == 1 and origin + 8.0 - at == pytest.approx(2.96, abs=0.01)
