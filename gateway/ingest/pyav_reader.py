@@ -156,6 +156,9 @@ class PyAvReader(StreamReader):
         r.got_any = True
         if r.first_media is None:  # RTCP's origin is the first packet's time
             r.first_media = r.media(packet)
+        tb = r.tb
+        dts, pts = packet.dts, packet.pts
+        r.clock.packet(None if dts is None else dts * tb, None if pts is None else pts * tb, now)
         key = packet.is_keyframe
         mode = r.mode
         if mode == "keyframes" and not key:  # the common case, kept cheap: 24 packets in 25

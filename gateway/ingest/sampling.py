@@ -30,7 +30,8 @@ KEYFRAME_TOLERANCE = 0.05  # sample_fps up to 5% above the keyframe rate still s
 INTERVALS = 4  # keyframe intervals the median is taken over (a new GOP shows after two)
 RTCP_FUTURE_S = 2.0  # an RTCP capture time this far after arrival is a wrong camera clock
 RTCP_PAST_S = 120.0  # ... or this far before it
-JUMP_BACK_S = 0.5  # presentation time going back this much is a jump in the timeline
+JUMP_BACK_DTS_S = 0.001  # decoding time never goes back: any step back is a jump in the timeline
+JUMP_BACK_S = 0.5  # presentation time may, by a few frames (B-frames): this much is a jump
 JUMP_AHEAD_S = 1.0  # ... and so is presentation time running this much ahead of the arrivals
 DRIFT = 1e-3  # the PTS anchor may move 1 ms later per second: a camera clock slower than ours
 
@@ -79,11 +80,34 @@ class SourceClock:
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         self.jumps = 0  # discontinuities of the stream's timeline (a looped file, a restarted encoder)
-        self._shift = 0.0  # added to PTS to keep the timeline continuous across jumps
+        self._shift = 0.0  # added to timestamps to keep the timeline continuous across jumps
+        self._last_packet: tuple[float, float, bool] | None = None  # (continuous time, arrival, was a DTS)
         self._offset: float | None = None  # arrival - time of the earliest-arriving frame
-        self._last: tuple[float, float] | None = None  # (continuous time, arrival) of the previous frame
-        self._last_arrival = 0.0
+        self._last_arrival: float | None = None  # of the previous frame
         self._distrusted = False
+
+    def packet(self, dts_s: float | None, pts_s: float | None, arrival: float) -> None:
+        """Every packet, in decoding order.  A step back in its decoding time (beyond a B-frame's
+        reordering where only presentation times exist), or a step ahead of the arrivals by more
+        than JUMP_AHEAD_S, is a jump in the timeline: the timeline continues from the previous
+        packet, so the mapping from before the jump (RTCP's, or the anchor) stays valid where
+        FFmpeg's start_time_realtime would not.  Encoders restart their timeline (a looped file;
+        an RTSP server that restarts a shared session for a new client; cameras after a
+        reconnect of their own)."""
+        ts, is_dts = (dts_s, True) if dts_s is not None else (pts_s, False)
+        if ts is None:
+            return
+        t = ts + self._shift
+        last = self._last_packet
+        if last is not None:
+            dt, da = t - last[0], max(0.0, arrival - last[1])
+            back = -JUMP_BACK_DTS_S if is_dts and last[2] else -JUMP_BACK_S
+            if dt < back or dt > da + JUMP_AHEAD_S:
+                self.jumps += 1
+                self._shift += last[0] + da - t
+                t = ts + self._shift
+                log.info("stream %s: its timestamps jumped by %.3fs; continuing its clock", self.stream_id, dt)
+        self._last_packet = (t, arrival, is_dts)
 
     def capture_time(
         self, pts_s: float | None, arrival: float, realtime_origin: float | None
@@ -93,7 +117,7 @@ class SourceClock:
         None (clock "reader") for a frame without a timestamp."""
         if pts_s is None:
             return None, "reader"
-        t = self._continuous(pts_s, arrival)
+        t = pts_s + self._shift
         if realtime_origin is not None and not self._distrusted:
             at = realtime_origin + t
             if arrival - RTCP_PAST_S <= at <= arrival + RTCP_FUTURE_S:
@@ -106,25 +130,9 @@ class SourceClock:
                 arrival - at,
             )
         offset = arrival - t
-        if self._offset is None:
+        if self._offset is None or self._last_arrival is None:
             self._offset = offset
         else:  # the earliest arrival so far, allowing for a camera clock that runs slow
             self._offset = min(self._offset + DRIFT * max(0.0, arrival - self._last_arrival), offset)
+        self._last_arrival = arrival
         return t + self._offset, "pts"
-
-    def _continuous(self, pts_s: float, arrival: float) -> float:
-        """The PTS on a timeline without jumps.  A jump (time going back, or ahead of the wall
-        clock) continues the timeline from the previous frame: the mapping from before it (RTCP's
-        or the anchor) stays valid, where FFmpeg's start_time_realtime would not."""
-        t = pts_s + self._shift
-        last = self._last
-        self._last_arrival = last[1] if last else arrival
-        if last is not None:
-            dt, da = t - last[0], arrival - last[1]
-            if dt < -JUMP_BACK_S or dt > max(0.0, da) + JUMP_AHEAD_S:
-                self.jumps += 1
-                self._shift += last[0] + max(0.0, da) - t
-                t = pts_s + self._shift
-                log.info("stream %s: its timestamps jumped by %.2fs; continuing its clock", self.stream_id, dt)
-        self._last = (t, arrival)
-        return t

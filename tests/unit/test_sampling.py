@@ -91,14 +91,31 @@ def test_without_rtcp_the_earliest_arrival_anchors_the_pts() -> None:
 def test_a_jump_in_the_timestamps_is_bridged() -> None:
     clock = SourceClock("cam")
     origin = 1_800_000_000.0
-    for t in (1.0, 2.0, 3.0):
-        at, _ = stamp(clock, t, origin + t + 0.04, origin)
-    # the encoder restarts its timeline (a shared RTSP media that starts again for a new client)
-    at, kind = stamp(clock, 0.08, origin + 4.04, origin)
-    assert kind == "rtcp" and origin + 4.04 - at == pytest.approx(0.04, abs=0.01), "the age stays what it was"
+
+    def frame(t: float, arrival: float) -> float:
+        clock.packet(t, t, arrival)
+        at, kind = stamp(clock, t, arrival, origin)
+        assert kind == "rtcp"
+        return arrival - at  # the age
+
+    for t in (1.0, 1.04, 1.08):
+        assert frame(t, origin + t + 0.04) == pytest.approx(0.04)
+    # the encoder restarts its timeline (an RTSP server restarting a shared session for a new client)
+    assert frame(0.02, origin + 1.16) == pytest.approx(0.04, abs=1e-6), "the age stays what it was"
     assert clock.jumps == 1
-    at, _ = stamp(clock, 1.08, origin + 5.04, origin)
-    assert origin + 5.04 - at == pytest.approx(0.04, abs=0.01)
+    assert frame(0.06, origin + 1.20) == pytest.approx(0.04, abs=1e-6)
+    # however small the step back in decoding time (this one: 40 ms)
+    assert frame(0.02, origin + 1.24) == pytest.approx(0.04, abs=1e-6) and clock.jumps == 2
     # a burst after a network stall is not a jump: the frames are late, and their age shows it
-    at, _ = stamp(clock, 1.12, origin + 8.0, origin)
-    assert clock.jumps == 1 and origin + 8.0 - at == pytest.approx(2.96, abs=0.01)
+    assert frame(0.10, origin + 4.0) == pytest.approx(2.72, abs=1e-6)
+    assert frame(0.14, origin + 4.001) == pytest.approx(2.681, abs=1e-6) and clock.jumps == 2
+
+
+def test_presentation_times_may_step_back_by_a_few_frames() -> None:
+    clock = SourceClock("cam")
+    for pts, arrival in ((0.0, 0.0), (0.12, 0.04), (0.04, 0.08), (0.08, 0.12), (0.24, 0.16)):  # B-frames, no DTS
+        clock.packet(None, pts, arrival)
+    assert clock.jumps == 0
+    clock.packet(None, 2.0, 2.0)
+    clock.packet(None, 0.0, 2.04)  # a looped file
+    assert clock.jumps == 1
