@@ -1,17 +1,29 @@
-"""``python -m bench.stream_density``: how many live RTSP streams this machine sustains.
+"""``python -m bench.stream_density``: how many live RTSP streams this machine sustains, per reader.
 
-N RTSP streams (640x360, 25 fps H.264 from a real GStreamer server; the clients
-share one live source, so the server's encoding cost does not grow with N) are
-sampled at 2 fps and classified.  For each N, side by side:
+N RTSP streams (640x360, 25 fps H.264, a keyframe every 25 frames) from ``--servers``
+GStreamer server processes, streams assigned round-robin (the clients of one server
+share its one live encode; one server stops taking clients near 96, so the rig is
+spread out to stay off the critical path).  Each stream is sampled at each of
+``--rates`` and classified.  Arms, side by side in one run, each with a gateway
+process of its own (nothing shared between arms):
 
-- **gateway**: streams added at runtime (POST /streams); one SSE subscriber per
-  stream measures frame age = receive time - capture time, and the achieved fps;
+- **opencv**: the gateway with ``ingest.backend: opencv`` (decodes every frame);
+- **pyav-all**: the PyAV reader decoding every frame (``ingest.decode: all``);
+- **pyav-keyframes**: the PyAV reader with ``ingest.decode: auto``, which decodes
+  keyframes only when sample_fps is at or below the keyframe rate (1/s here); run
+  only at such rates (above, auto *is* pyav-all), and GET /streams must say so;
 - **naive**: one thread per stream running ``VideoCapture.read()`` and, when a
   sample is due, preprocess + a synchronous Triton call in the same loop.
 
-A level is *sustained* when frame age p95 <= 500 ms and every stream reaches 90%
-of the sampling rate.  Also: 200 SSE subscribers on one stream, delivery lag p99.
-Prints a table, writes JSON and a PNG plot to bench/results/.
+Each arm and rate steps through ``--counts`` and stops at the first level that is
+not *sustained*: frame age p95 <= 500 ms and every stream >= 90% of the rate.  One
+SSE subscriber per stream; frame age = receive time - ``captured_at`` (the reader's
+clock) and receive time - ``source_at`` (the camera's clock, RTCP; PyAV only).  The
+measured window is on capture time, so a stream's count is not cut by when its
+subscriber connected.  CPU per process group (gateway, triton, stub, rtsp, client)
+and the reader's cost per stream in millicores.  Also: ``--subscribers`` SSE
+subscribers on one stream, delivery lag.  Prints a table, writes JSON and a PNG
+plot (frame age p95 against streams, a panel per rate) to bench/results/.
 """
 
 from __future__ import annotations
@@ -25,67 +37,117 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
+import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from bench import servers
-from bench.procstat import CpuMeter, group_pids, pid, stub_pids
+from bench.density_report import (
+    AGE_BOUND_MS,
+    CAMERA_FPS,
+    FPS_SHARE,
+    GOP,
+    DensityLevel,
+    Report,
+    header,
+    plot,
+    row,
+    table,
+)
+from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
 from embedded_triton.repository import default_instances
 from gateway.preprocess import classifier_input
 from harness.helpers import GatewayProcess, stream_predictions, wait_until
 from harness.peers.rtsp import RtspServer
 
-AGE_BOUND_MS = 500.0
-SAMPLE_FPS = 2.0
+SAMPLE_FPS = 2.0  # start_streams' default rate (bench.cluster_scale, bench.capture_overhead)
+CLIENTS_PER_SERVER = 90  # one RTSP server process stops taking clients near 96
+CONNECT_S = 1.0  # subscribers connect before the measured window opens
+TAIL_S = 1.0  # and read this long after it closes, for the window's late events
 
 
-@dataclass
-class DensityLevel:
-    path: str
-    streams: int
-    age_p50_ms: float
-    age_p95_ms: float
-    fps_min: float
-    fps_mean: float
-    cpu: dict[str, float]
-    sustained: bool
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    env: dict[str, str] | None  # the gateway's settings; None: the naive loop, no gateway
+    keyframes: bool = False  # expects keyframe decoding: run only at rates <= the keyframe rate
 
 
-@dataclass
-class Report:
-    started_utc: str
-    levels: list[DensityLevel] = field(default_factory=list)
-    fanout: dict[str, float] = field(default_factory=dict)
+ARMS = {
+    a.name: a
+    for a in (
+        Arm("opencv", {"APP_INGEST__BACKEND": "opencv"}),
+        Arm("pyav-all", {"APP_INGEST__BACKEND": "pyav", "APP_INGEST__DECODE": "all"}),
+        Arm("pyav-keyframes", {"APP_INGEST__BACKEND": "pyav", "APP_INGEST__DECODE": "auto"}, keyframes=True),
+        Arm("naive", None),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Rig:
+    """What every level runs against: Triton, the RTSP servers, the CPU meter's process groups."""
+
+    grpc_url: str
+    cameras: list[str]  # RTSP URLs, one per server process; streams are assigned round-robin
+    groups: dict[str, Selector]  # triton, stub, rtsp, client
+    seconds: float  # measured seconds per level
+    work: Path  # a private directory: the gateways' logs
+
+    def meter(self, **extra: Selector) -> CpuMeter:
+        return CpuMeter({**self.groups, **extra})
+
+
+class Event(NamedTuple):
+    stream: str
+    received: float
+    captured_at: float
+    source_at: float | None
+    clock: str
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 def _level(
-    path: str, n: int, ages: list[float], counts: list[int], seconds: float, *, cpu: dict[str, float]
+    arm: str, rate: float, *, ages: list[float], counts: list[int], seconds: float, cpu: dict[str, float], reader: str
 ) -> DensityLevel:
+    """The figures every arm shares; ``reader``: the process group that reads (and decodes) the streams."""
     fps = [c / seconds for c in counts] or [0.0]
-    p50 = float(np.percentile(ages, 50)) if ages else float("inf")
-    p95 = float(np.percentile(ages, 95)) if ages else float("inf")
-    ok = p95 <= AGE_BOUND_MS and min(fps) >= 0.9 * SAMPLE_FPS
+    p50, p95 = _pct(ages, 50), _pct(ages, 95)
     return DensityLevel(
-        path, n, round(p50, 1), round(p95, 1), round(min(fps), 2), round(float(np.mean(fps)), 2), cpu, ok
+        arm=arm,
+        rate=rate,
+        streams=len(counts),
+        age_p50_ms=p50 if p50 is not None else float("inf"),
+        age_p95_ms=p95 if p95 is not None else float("inf"),
+        source_age_p50_ms=None,
+        source_age_p95_ms=None,
+        fps_min=round(min(fps), 2),
+        fps_mean=round(float(np.mean(fps)), 2),
+        cpu=cpu,
+        millicores_per_stream=round(cpu.get(reader, 0.0) / max(1, len(counts)) * 1000, 1),
+        sustained=p95 is not None and p95 <= AGE_BOUND_MS and min(fps) >= FPS_SHARE * rate,
     )
 
 
-def start_streams(base_url: str, cameras: list[str], n: int, wait_s: float) -> None:
-    """Streams s0..s{n-1} (POST /streams, those missing), spread over ``cameras``, sampled at
-    SAMPLE_FPS; waits up to ``wait_s`` for them to run, then 2 s more to settle.  A level that
-    cannot start every stream is measured as it is."""
-    import httpx
-
+def start_streams(base_url: str, cameras: list[str], n: int, wait_s: float, *, sample_fps: float = SAMPLE_FPS) -> None:
+    """Streams s0..s{n-1} (POST /streams, those missing), spread round-robin over ``cameras``,
+    sampled at ``sample_fps``; waits up to ``wait_s`` for them to run, then 2 s more to settle.
+    A level that cannot start every stream is measured as it is."""
     have = {s["id"] for s in httpx.get(f"{base_url}/streams", timeout=10).json()}
     for i in range(n):
         if f"s{i}" not in have:
-            body = {"id": f"s{i}", "url": cameras[i % len(cameras)], "sample_fps": SAMPLE_FPS}
+            body = {"id": f"s{i}", "url": cameras[i % len(cameras)], "sample_fps": sample_fps}
             httpx.post(f"{base_url}/streams", json=body, timeout=30).raise_for_status()
 
     def running() -> bool:
@@ -97,25 +159,75 @@ def start_streams(base_url: str, cameras: list[str], n: int, wait_s: float) -> N
     time.sleep(2.0)  # settle
 
 
-def gateway_level(gw: GatewayProcess, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
-    start_streams(gw.url, [url], n, 30)
-    ages: list[float] = []
-    counts: dict[str, int] = {}
+def _rows(base_url: str, n: int) -> dict[str, dict[str, Any]]:
+    rows = httpx.get(f"{base_url}/streams", timeout=30).json()
+    return {r["id"]: r for r in rows if r["id"] in {f"s{i}" for i in range(n)}}
+
+
+def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float) -> DensityLevel:
+    """n streams on ``gw`` at ``rate``, one SSE subscriber each; the window is [t0, t0 + seconds)
+    of capture time, with t0 after every subscriber has connected."""
+    start_streams(gw.url, rig.cameras, n, 30 + n / 4, sample_fps=rate)
+    seconds, meter = rig.seconds, rig.meter(gateway=pid(gw.pid))
+    events: list[Event] = []
+    t0 = time.time() + CONNECT_S
 
     def record(d: dict[str, Any]) -> None:
-        ages.append((d["_received"] - d["captured_at"]) * 1000)
-        counts[d["stream"]] = counts.get(d["stream"], 0) + 1
+        events.append(Event(d["stream"], d["_received"], d["captured_at"], d.get("source_at"), d.get("clock", "?")))
 
-    async def run() -> None:
-        await asyncio.gather(*(stream_predictions(gw.url, f"s{i}", seconds, record) for i in range(n)))
+    async def run() -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        subs = asyncio.gather(
+            *(stream_predictions(gw.url, f"s{i}", CONNECT_S + seconds + TAIL_S, record) for i in range(n))
+        )
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        meter.start()
+        before = await asyncio.to_thread(_rows, gw.url, n)
+        await asyncio.sleep(max(0.0, t0 + seconds - time.time()))
+        cpu = meter.cores()
+        after = await asyncio.to_thread(_rows, gw.url, n)
+        await subs
+        return cpu, before, after
 
-    meter.start()
-    asyncio.run(run())
-    return _level("gateway", n, ages, [counts.get(f"s{i}", 0) for i in range(n)], seconds, cpu=meter.cores())
+    cpu, before, after = asyncio.run(run())
+    inside = [e for e in events if t0 <= e.captured_at < t0 + seconds]
+    counts = Counter(e.stream for e in inside)
+    lv = _level(
+        arm,
+        rate,
+        ages=[(e.received - e.captured_at) * 1000 for e in inside],
+        counts=[counts.get(f"s{i}", 0) for i in range(n)],
+        seconds=seconds,
+        cpu=cpu,
+        reader="gateway",
+    )
+    source = [(e.received - e.source_at) * 1000 for e in inside if e.source_at is not None]
+    lv.source_age_p50_ms, lv.source_age_p95_ms = _pct(source, 50), _pct(source, 95)
+    lv.clocks = dict(Counter(e.clock for e in inside))
+    lv.decode = dict(Counter(str(r.get("decode")) for r in after.values()))
+    decoded = [r["frames_decoded"] - before[s]["frames_decoded"] for s, r in after.items() if s in before]
+    lv.decoded_fps = round(sum(decoded) / max(1, len(decoded)) / seconds, 2) if decoded else None
+    return lv
 
 
-def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter) -> DensityLevel:
+@contextlib.contextmanager
+def _opencv_options() -> Iterator[None]:
+    """The same transport and probing as the gateway's OpenCV reader, so only the loop structure
+    differs; restored after, since the gateways started later inherit this process's environment."""
+    key = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+    saved = os.environ.get(key)
+    os.environ[key] = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
+def naive_level(rig: Rig, *, n: int, rate: float = SAMPLE_FPS) -> DensityLevel:
     """The baseline: read() every frame and call Triton synchronously in the same loop."""
+    seconds, meter = rig.seconds, rig.meter()
     ages: list[float] = []
     counts = [0] * n
     lock = threading.Lock()
@@ -123,8 +235,8 @@ def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter
     end = start + seconds
 
     def worker(i: int) -> None:
-        client = grpcclient.InferenceServerClient(grpc_url)
-        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        client = grpcclient.InferenceServerClient(rig.grpc_url)
+        cap = cv2.VideoCapture(rig.cameras[i % len(rig.cameras)], cv2.CAP_FFMPEG)
         next_due = 0.0
         origin: tuple[float, float] | None = None  # (monotonic, stream ms) of the first frame
         while (now := time.monotonic()) < end:
@@ -139,7 +251,7 @@ def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter
             backlog_ms = max(0.0, (read_at - origin[0]) * 1000 - (pos_ms - origin[1]))
             if read_at < next_due:
                 continue
-            next_due = read_at + 1 / SAMPLE_FPS
+            next_due = read_at + 1 / rate
             rgb = cv2.cvtColor(cv2.resize(frame, (640, 360)), cv2.COLOR_BGR2RGB)
             x = classifier_input(Image.fromarray(rgb), resize_size=256, crop_hw=(224, 224))[np.newaxis]
             inp = grpcclient.InferInput("input", list(x.shape), "UINT8")
@@ -155,16 +267,17 @@ def naive_level(grpc_url: str, url: str, n: int, seconds: float, meter: CpuMeter
         cap.release()
         client.close()
 
-    # the same transport and probing as the gateway's readers, so only the loop structure differs
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, start - time.monotonic()))
-    meter.start()
-    for t in threads:
-        t.join(seconds + 30)
-    return _level("naive", n, ages, counts, seconds, cpu=meter.cores())
+    with _opencv_options():
+        for t in threads:
+            t.start()
+        time.sleep(max(0.0, start - time.monotonic()))
+        meter.start()
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu = meter.cores()
+        for t in threads:
+            t.join(30)
+    return _level("naive", rate, ages=ages, counts=counts, seconds=seconds, cpu=cpu, reader="client")
 
 
 async def _fanout_lag(base_url: str, sid: str, subscribers: int, seconds: float) -> list[float]:
@@ -179,102 +292,126 @@ async def _fanout_lag(base_url: str, sid: str, subscribers: int, seconds: float)
     return lags
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.stream_density", description=__doc__)
-    p.add_argument("--counts", default="1,2,4,8,16,32,48,64", help="stream counts to try (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.stream_density", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--arms", default=",".join(ARMS), help="arms to run, in order (default: %(default)s)")
+    p.add_argument("--rates", default="1,2", help="sample_fps per stream, one series each (default: %(default)s)")
+    p.add_argument("--counts", default="16,32,64,96,128,160,192", help="stream counts (default: %(default)s)")
+    p.add_argument("--naive-counts", default="2,4,8,16", help="stream counts of the naive loop (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default: %(default)s)")
+    p.add_argument("--servers", type=int, default=4, help="RTSP server processes (default: %(default)s)")
+    p.add_argument(
+        "--keyframes-at-every-rate",
+        action="store_true",
+        help="run pyav-keyframes above the keyframe rate too (there auto decodes every frame)",
+    )
+    p.add_argument("--fanout", action=argparse.BooleanOptionalAction, default=True, help="the fan-out test (on)")
     p.add_argument("--subscribers", type=int, default=200, help="fan-out test: SSE subscribers on one stream")
-    p.add_argument("--no-naive", action="store_true")
+    p.add_argument("--quick", action="store_true", help="a smoke run: counts 2,4, naive 2, 3 s levels, 2 servers")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.counts, args.naive_counts, args.duration, args.servers, args.subscribers = "2,4", "2", 3.0, 2, 20
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {sorted(ARMS)}")
+    rates = [float(r) for r in args.rates.split(",")]
     counts = [int(c) for c in args.counts.split(",")]
     report = Report(started_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    with tempfile.TemporaryDirectory(prefix="stream-ml-density-") as tmp:
-        work = Path(tmp)
-        servers.export_model(work / "repo")
-        tuning = servers.ServerTuning(instance_count=default_instances(), intra_op_threads=1)
-        camera = RtspServer()
-        try:
-            with servers.triton(work / "repo", work, tuning) as tri:
-                assert tri.pid is not None
-                tpg = tri.pid
-                base = {
-                    "triton": lambda: group_pids(tpg, stub=False),
-                    "stub": lambda: stub_pids(tpg),
-                    "rtsp": pid(camera.proc.pid),
-                }
-                if not args.no_naive:
-                    for n in counts:
-                        lv = naive_level(
-                            tri.grpc_url, camera.url, n, args.duration, CpuMeter({**base, "client": pid(os.getpid())})
-                        )
-                        report.levels.append(lv)
-                        print(_row(lv), flush=True)
-                        if not lv.sustained:
-                            break
-                env = {
-                    "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
-                    "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # the camera is on loopback
-                    "APP_INGEST__SUBSCRIBER_QUEUE": "64",
-                }
-                with servers.gateway(tri.grpc_url, work / "gw", extra_env=env) as gw:
-                    gateway_level(gw, camera.url, 1, 2.0, CpuMeter({}))  # s0 for the fan-out test
-                    lags = asyncio.run(_fanout_lag(gw.url, "s0", args.subscribers, args.duration))
-                    report.fanout = {
-                        "subscribers": args.subscribers,
-                        "events": len(lags),
-                        "lag_p50_ms": round(float(np.percentile(lags, 50)), 1) if lags else -1,
-                        "lag_p99_ms": round(float(np.percentile(lags, 99)), 1) if lags else -1,
-                    }
-                    print(f"fan-out: {report.fanout}", flush=True)
-                    for n in counts:
-                        lv = gateway_level(gw, camera.url, n, args.duration, CpuMeter({**base, "gateway": pid(gw.pid)}))
-                        report.levels.append(lv)
-                        print(_row(lv), flush=True)
-                        if not lv.sustained:
-                            break
-        finally:
-            camera.stop()
+    report.config = {**{k: str(v) for k, v in vars(args).items()}, "camera_fps": CAMERA_FPS, "gop": GOP}
+    if max(counts) > args.servers * CLIENTS_PER_SERVER:
+        print(f"warning: {max(counts)} streams on {args.servers} RTSP servers: the rig may be the limit", flush=True)
+    print(header(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="stream-ml-density-") as tmp, _rig(Path(tmp), args) as rig:
+        for rate in rates:
+            for arm in (ARMS[a] for a in args.arms.split(",")):
+                if arm.keyframes and rate > CAMERA_FPS / GOP and not args.keyframes_at_every_rate:
+                    report.notes.append(f"{arm.name} skipped at {rate:g} fps: above the keyframe rate, it is pyav-all")
+                    continue
+                _series(rig, arm, rate, args, report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"streams-{report.started_utc.replace(':', '').replace('-', '')}"
     stem.with_suffix(".json").write_text(json.dumps(asdict(report), indent=2))
-    _plot(report, stem.with_suffix(".png"))
+    plot(report, rates, stem.with_suffix(".png"))
+    print()
+    print(table(report))
     print(f"wrote {stem}.json and {stem}.png")
     return 0
 
 
-def _row(lv: DensityLevel) -> str:
-    cpu = " ".join(f"{k}={v:.2f}" for k, v in lv.cpu.items())
-    flag = "ok" if lv.sustained else "BROKEN"
-    return (
-        f"{lv.path:8s} N={lv.streams:3d}  age p50 {lv.age_p50_ms:7.1f} ms  p95 {lv.age_p95_ms:7.1f} ms  "
-        f"fps min {lv.fps_min:4.2f} mean {lv.fps_mean:4.2f}  {flag:6s} [{cpu}]"
-    )
+@contextlib.contextmanager
+def _rig(work: Path, args: argparse.Namespace) -> Iterator[Rig]:
+    """The exported model, ``args.servers`` RTSP servers and the embedded Triton, stopped on the way out."""
+    servers.export_model(work / "repo")
+    tuning = servers.ServerTuning(instance_count=default_instances(), intra_op_threads=1)
+    with contextlib.ExitStack() as stack:
+        cameras: list[RtspServer] = []
+        for _ in range(args.servers):
+            cameras.append(RtspServer(fps=CAMERA_FPS, gop=GOP))
+            stack.callback(cameras[-1].stop)
+        rtsp_pids = [c.proc.pid for c in cameras]
+        tri = stack.enter_context(servers.triton(work / "repo", work, tuning))
+        assert tri.pid is not None
+        tpg = tri.pid
+        groups: dict[str, Selector] = {
+            "triton": lambda: group_pids(tpg, stub=False),
+            "stub": lambda: stub_pids(tpg),
+            "rtsp": lambda: rtsp_pids,  # the servers as one group
+            "client": pid(os.getpid()),  # this process: the SSE subscribers, or the naive loop
+        }
+        yield Rig(tri.grpc_url, [c.url for c in cameras], groups, args.duration, work)
 
 
-def _plot(report: Report, path: Path) -> None:
-    import matplotlib
+def _series(rig: Rig, arm: Arm, rate: float, args: argparse.Namespace, report: Report) -> None:
+    """One arm at one rate: stream counts up to the first level not sustained."""
+    if arm.env is None:
+        for n in (int(c) for c in args.naive_counts.split(",")):
+            lv = naive_level(rig, n=n, rate=rate)
+            report.levels.append(lv)
+            print(row(lv), flush=True)
+            if not lv.sustained:
+                return
+        return
+    env = {
+        **arm.env,
+        "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # the cameras are on loopback
+        "APP_STREAM_POLICY__MAX_STREAMS": "1000",
+        "APP_INGEST__SUBSCRIBER_QUEUE": "64",
+    }
+    with servers.gateway(rig.grpc_url, rig.work / f"gw-{arm.name}-{rate:g}", extra_env=env) as gw:
+        if args.fanout and not report.fanout:
+            report.fanout = _fanout(gw, rig, arm=arm.name, rate=rate, subscribers=args.subscribers)
+        for n in (int(c) for c in args.counts.split(",")):
+            lv = gateway_level(gw, rig, arm=arm.name, n=n, rate=rate)
+            report.levels.append(lv)
+            print(row(lv), flush=True)
+            if arm.keyframes and lv.decode.get("keyframes", 0) < n:
+                report.notes.append(f"{arm.name} N={n} at {rate:g} fps: decode modes {lv.decode}")
+            if not lv.sustained:
+                return
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in ("gateway", "naive"):
-        lv = [x for x in report.levels if x.path == name]
-        if lv:
-            ax.plot([x.streams for x in lv], [x.age_p95_ms for x in lv], marker="o", label=f"{name} p95")
-            ax.plot(
-                [x.streams for x in lv], [x.age_p50_ms for x in lv], marker=".", linestyle="--", label=f"{name} p50"
-            )
-    ax.axhline(AGE_BOUND_MS, color="grey", linestyle=":", label="500 ms bound")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("streams (640x360 @ 25 fps, sampled at 2 fps)")
-    ax.set_ylabel("frame age, capture to event (ms)")
-    ax.legend()
-    ax.set_title("stream density, 2-core machine")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _fanout(gw: GatewayProcess, rig: Rig, *, arm: str, rate: float, subscribers: int) -> dict[str, Any]:
+    """``subscribers`` SSE clients on stream s0 for the level's seconds: delivery lag p50/p99."""
+    start_streams(gw.url, rig.cameras, 1, 30, sample_fps=rate)
+    lags = asyncio.run(_fanout_lag(gw.url, "s0", subscribers, rig.seconds))
+    out = {
+        "arm": arm,
+        "rate": rate,
+        "subscribers": subscribers,
+        "events": len(lags),
+        "lag_p50_ms": _pct(lags, 50),
+        "lag_p99_ms": _pct(lags, 99),
+    }
+    print(f"fan-out: {out}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ is bounded by PyAV's interrupt callback (``timeout=(open, None)``), which aborts
 connect or a handshake that hangs; reads are bounded by FFmpeg's own socket
 timeout (RTSP's ``timeout`` option), which fails a read once the source has been
 silent for the read timeout.  Not the interrupt callback for reads: PyAV's takes
-the GIL each time FFmpeg polls it, on every socket read, which measured 2.4x the
-demuxing CPU at 32 streams (455 against 193 us per packet).  Each frame carries its capture time on the camera's
-clock (``SourceClock``: RTCP sender reports where the camera sends them).
+the GIL each time FFmpeg polls it, on every socket read, which measured 2.2-2.5x
+the demuxing CPU at 32 streams (414-459 against 186-197 us per packet,
+``python -m bench.rtsp_demux``).  Each frame carries its capture time on the
+camera's clock (``SourceClock``: RTCP sender reports where the camera sends them).
 ``ingest.hwaccel`` decodes on a hardware device (NVDEC through ``cuda``, VAAPI,
 ...); when the device cannot be opened the reader says so once and decodes in
 software.
