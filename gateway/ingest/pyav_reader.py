@@ -166,6 +166,7 @@ class PyAvReader(StreamReader):
             self.stats.frames_skipped += 1
             r.synced = False
             return True
+        wall = time.time()  # the same instant as now, on the wall clock (captured_at)
         media = r.media(packet)
         if key:  # the plan changes only here
             r.plan.keyframe(media)
@@ -186,7 +187,6 @@ class PyAvReader(StreamReader):
                 self.stats.frames_skipped += 1
                 continue
             r.next_sample = next_due(r.next_sample, now, r.plan.period)
-            wall = time.time()
             source_at, clock = r.clock.capture_time(r.since_first(frame.time, media), wall, r.realtime_origin())
             size = (frame.width, frame.height)
             image = self._image(frame)
