@@ -355,14 +355,12 @@ class StreamReader(abc.ABC):
                 )
             else:
                 self._set_state(StreamState.RECONNECTING, reason, gen=gen)
-            if handle is None:
-                pass
-            elif outcome == "stalled":
+            if outcome == "stalled":
                 # Closing a connection to a frozen server blocks (RTSP's TEARDOWN waits up to the
                 # read timeout, more than once): close it on the side and carry on now.
                 name = f"release-{self.stream_id}"
                 threading.Thread(target=self._close, args=(handle,), name=name, daemon=True).start()
-            else:
+            elif handle is not None:
                 self._close(handle)
             if gave_up:
                 return
