@@ -312,6 +312,11 @@ class StreamInfo(Contract):
     hwaccel: str | None = Field(
         None, max_length=32, description="The hardware decoder in use (ingest.hwaccel), null for software."
     )
+    codec: str | None = Field(
+        None,
+        max_length=32,
+        description="The video codec, by FFmpeg's name (h264, hevc, mjpeg, ...); null until the source is opened.",
+    )
     frames_dropped: int = Field(ge=0, le=MAX_COUNT, description="Sampled frames replaced by a newer one, unseen.")
     inferences: int = Field(ge=0, le=MAX_COUNT, description="Inferences started.")
     predictions: int = Field(ge=0, le=MAX_COUNT, description="Prediction events published.")

@@ -72,6 +72,7 @@ class OpenCvReader(StreamReader):
         next_frame = time.monotonic()
         got_any = False
         self._set_mode("all", None)  # grab() decodes every frame
+        self.stats.codec = codec_name(cap.get(cv2.CAP_PROP_FOURCC))
         while not self._stop.is_set():
             if not self.spec.live:  # files play at their own frame rate
                 delay = next_frame - time.monotonic()
@@ -110,3 +111,26 @@ class OpenCvReader(StreamReader):
             looped = self.spec.loop and cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and cap.grab()
             return None if looped else "ended"
         return self._silent_failure(got_any, waited, gen)
+
+
+# What OpenCV reports, by FFmpeg's codec name: a file's container tag, or a name cut to 4 letters.
+_TAGS = {
+    "avc1": "h264",
+    "avc3": "h264",
+    "hvc1": "hevc",
+    "hev1": "hevc",
+    "mjpg": "mjpeg",
+    "mjpe": "mjpeg",
+    "jpeg": "mjpeg",
+}
+
+
+def codec_name(fourcc: float) -> str | None:
+    """OpenCV's ``CAP_PROP_FOURCC`` as FFmpeg's codec name: its FFmpeg backend reports the
+    container's tag (``avc1``) where there is one, else the first four letters of the name
+    (``h264``, ``hevc``); None when it reports nothing."""
+    code = int(fourcc)
+    text = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00 ").lower()
+    if not text or not text.isprintable():
+        return None
+    return _TAGS.get(text, text)

@@ -103,6 +103,7 @@ class PyAvReader(StreamReader):
         if not container.streams.video:
             log.warning("stream %s: %s has no video stream", self.stream_id, self.spec.display)
             return "empty"
+        self.stats.codec = container.streams.video[0].codec_context.name
         r = _Pass(container, self.config, self.stream_id)
         while not self._stop.is_set():
             packet = self._next(r, gen)

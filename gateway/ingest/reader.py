@@ -138,6 +138,7 @@ class ReaderStats:
     mode_switches: int = 0  # changes of decode_mode after the first choice
     clock: Clock = "reader"  # where the last frame's source_at came from
     hwaccel: str | None = None  # the hardware decoder in use, None for software
+    codec: str | None = None  # the video codec, FFmpeg's name (h264, hevc, mjpeg, ...); None until opened
     last_read_mono: float | None = None  # the last frame the source delivered, sampled or not
     state_changes: Counter[StreamState] = field(default_factory=Counter)
     _samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))

@@ -274,6 +274,7 @@ class StreamWorker:
             decode_switches=stats.mode_switches if stats else 0,
             clock=stats.clock if stats else "reader",
             hwaccel=stats.hwaccel if stats else None,
+            codec=stats.codec if stats else None,
             frames_sampled=stats.frames_sampled if stats else 0,
             frames_skipped=stats.frames_skipped if stats else 0,
             frames_dropped=stats.frames_dropped if stats else 0,

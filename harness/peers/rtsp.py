@@ -12,8 +12,11 @@ SCRIPT = Path(__file__).with_name("rtsp_server.py")
 
 
 class RtspServer:
-    def __init__(self, *, port: int = 0, file: Path | None = None, fps: int = 25, gop: int = 0) -> None:
+    def __init__(
+        self, *, port: int = 0, file: Path | None = None, fps: int = 25, gop: int = 0, codec: str = "h264"
+    ) -> None:
         cmd = [SYSTEM_PYTHON, str(SCRIPT), "--port", str(port), "--fps", str(fps), "--gop", str(gop)]
+        cmd += ["--codec", codec]
         if file is not None:
             cmd += ["--file", str(file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,10 +2,11 @@
 """A real RTSP server (GStreamer's gst-rtsp-server), run with the system python3 + gi.
 
     /usr/bin/python3 harness/peers/rtsp_server.py [--port 0] [--file clip.mp4] [--width 640 --height 360 --fps 25]
-        [--gop 25]
+        [--gop 25] [--codec h264|h265|mjpeg]
 
-Serves ``rtsp://127.0.0.1:PORT/test``: a live test pattern encoded with x264 and
-shared by all clients (a keyframe every ``--gop`` frames), or an H.264 MP4 sent
+Serves ``rtsp://127.0.0.1:PORT/test``: a live test pattern encoded with x264 (or x265,
+or JPEG: ``--codec h265|mjpeg``) and shared by all clients (a keyframe every ``--gop``
+frames; every JPEG frame is one), or an H.264 MP4 sent
 without re-encoding (from the start for each client, then end of stream).  Prints ``PORT <n>`` once it listens; exits
 on SIGTERM/SIGINT.
 """
@@ -20,6 +21,15 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
+# The live pattern's encoder and payloader per codec (JPEG has no GOP: every frame is a keyframe).
+ENCODERS = {
+    "h264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} ! rtph264pay name=pay0 pt=96 "
+    "config-interval=1",
+    "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} ! rtph265pay name=pay0 pt=96 "
+    "config-interval=1",
+    "mjpeg": "videoconvert ! video/x-raw,format=I420 ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26",
+}
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -29,6 +39,7 @@ def main() -> int:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--gop", type=int, default=0, help="frames from one keyframe to the next (default: --fps)")
+    p.add_argument("--codec", choices=sorted(ENCODERS), default="h264", help="the live pattern's codec")
     args = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -41,8 +52,7 @@ def main() -> int:
     else:
         launch = (
             f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},height={args.height},"
-            f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast "
-            f"key-int-max={args.gop or args.fps} ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+            f"framerate={args.fps}/1 ! {ENCODERS[args.codec].format(gop=args.gop or args.fps)} )"
         )
         factory.set_shared(True)
     factory.set_launch(launch)

@@ -105,6 +105,30 @@ def test_rtsp_frames_arrive_at_the_sampling_rate(backend: Backend, rtsp: RtspSer
     reader.stop()  # idempotent
 
 
+@pytest.mark.parametrize(("codec", "name"), [("h265", "hevc"), ("mjpeg", "mjpeg")])
+def test_hevc_and_mjpeg_cameras_are_read_like_h264(backend: Backend, codec: str, name: str) -> None:
+    # given a camera that sends H.265 or Motion JPEG over RTSP
+    server = RtspServer(codec=codec)
+    try:
+        reader, _ = reader_for(backend, server.url)
+        reader.start()
+        try:
+            wait_until(lambda: reader.state is StreamState.RUNNING, 10, what=f"running on {codec}")
+            collect(reader, 1.0)  # settle
+            ages = collect(reader, 3.0)
+            # then frames arrive at the sampling rate, and the codec is reported
+            assert 11 <= len(ages) <= 18, f"{len(ages)} frames in 3 s at sample_fps=5 from {codec}"
+            frame = reader.latest(timeout=2)
+            assert frame is not None and frame.image.shape == (180, 320, 3) and frame.source_size == (640, 360)
+            assert reader.stats.codec == name
+            assert reader.stats.decode_errors == 0
+        finally:
+            reader.stop()
+            assert reader.join(10)
+    finally:
+        server.stop()
+
+
 def test_killed_server_reconnects_and_recovers(backend: Backend, rtsp: RtspServer) -> None:
     reader, rec = reader_for(backend, rtsp.url)
     assert rec.states() == []

@@ -75,6 +75,27 @@ def test_keyframe_mode_samples_a_gop_25_stream_at_1_fps_decoding_only_keyframes(
         assert reader.stats.mode_switches == 0
 
 
+@pytest.mark.parametrize(("codec", "interval_s"), [("h265", 1.0), ("mjpeg", 0.04)])
+def test_keyframe_mode_decodes_only_samples_from_hevc_and_mjpeg_cameras(codec: str, interval_s: float) -> None:
+    # given an H.265 camera (a keyframe every second) or a Motion JPEG one (every frame is a keyframe)
+    server = RtspServer(codec=codec)
+    try:
+        with running(PyAvReader("cam", parse_source(server.url), config(sample_fps=1))) as reader:
+            # when it is sampled at 1 fps
+            wait_until(lambda: reader.stats.decode_mode == "keyframes", 10, what=f"keyframe mode on {codec}")
+            decoded = reader.stats.frames_decoded
+            got = frames(reader, 5.0)
+            # then only the keyframes nearest the samples are decoded
+            assert 4 <= len(got) <= 6, f"{len(got)} frames in 5 s at sample_fps=1 from {codec}"
+            assert reader.stats.keyframe_interval_s == pytest.approx(interval_s, rel=0.1)
+            decoded = reader.stats.frames_decoded - decoded
+            assert decoded <= len(got) + 1, f"{decoded} frames decoded for {len(got)} samples of {codec}"
+            assert all(f.image.shape == (180, 320, 3) and f.source_size == (640, 360) for f in got)
+            assert reader.stats.decode_errors == 0 and reader.stats.mode_switches == 0
+    finally:
+        server.stop()
+
+
 def test_above_the_keyframe_rate_every_frame_is_decoded_and_only_samples_converted(rtsp: RtspServer) -> None:
     with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=2))) as reader:
         wait_until(lambda: reader.stats.keyframe_interval_s is not None, 10, what="a measured keyframe interval")

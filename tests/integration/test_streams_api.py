@@ -232,7 +232,7 @@ def test_a_1_fps_stream_decodes_keyframes_and_its_events_carry_the_camera_clock(
         wait_until(lambda: stream_info(streams_gateway, "keys")["decode"] == "keyframes", 15, what="keyframe mode")
         wait_until(lambda: stream_info(streams_gateway, "keys")["clock"] == "rtcp", 15, what="RTCP sender reports")
         info = stream_info(streams_gateway, "keys")
-        assert info["backend"] == "pyav" and info["decode_setting"] == "auto"
+        assert info["backend"] == "pyav" and info["decode_setting"] == "auto" and info["codec"] == "h264"
         assert abs(info["keyframe_interval_s"] - 1.0) < 0.1
         # and its prediction events carry the camera's capture time and the age measured from it
         preds = predictions(sse(f"{streams_gateway.url}/streams/keys/events", 10.0, stop_after=3))

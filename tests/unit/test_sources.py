@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import cv2
 import pytest
 
+from gateway.ingest.opencv_reader import codec_name
 from gateway.ingest.sources import (
     SourceError,
     SourceKind,
@@ -58,3 +60,15 @@ def test_ffmpeg_messages_lose_their_passwords() -> None:
     message = "[Errno 111] Connection refused: 'rtsp://admin:s3cret@10.0.0.7:554/live'"
     assert redact_text(message) == "[Errno 111] Connection refused: 'rtsp://admin:***@10.0.0.7:554/live'"
     assert redact_text("no url here") == "no url here"
+
+
+@pytest.mark.parametrize(
+    ("tag", "name"),
+    [("avc1", "h264"), ("h264", "h264"), ("hvc1", "hevc"), ("hevc", "hevc"), ("MJPG", "mjpeg"), ("mjpe", "mjpeg")],
+)
+def test_opencv_reports_the_codec_by_ffmpegs_name(tag: str, name: str) -> None:
+    assert codec_name(cv2.VideoWriter.fourcc(*tag)) == name
+
+
+def test_opencv_reporting_no_codec_gives_none() -> None:
+    assert codec_name(0) is None and codec_name(float(0x01020304)) is None
