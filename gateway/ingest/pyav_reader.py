@@ -6,6 +6,10 @@ reader decodes only what it needs:
 - **keyframes only** when ``sample_fps`` is at or below the stream's measured
   keyframe rate (``DecodePlan``): each due sample is the nearest keyframe, decoded
   on its own, and nothing between keyframes reaches the decoder;
+- a keyframe that FFmpeg hands over in several packets of one timestamp (a picture of
+  several slices from a camera that sends its parameter sets in-band before each IDR
+  slice: FFmpeg's parser splits the picture there, and its decoder takes each packet
+  for a whole picture) is put back together first (``_Pictures``);
 - **all frames** otherwise (the frames in between need their references), with
   only the sampled ones converted and resized.
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import av
 import av.codec.hwaccel
@@ -113,8 +117,9 @@ class PyAvReader(StreamReader):
                 continue
             if not self.spec.live and packet.dts is not None and self._pace(r, packet.dts * r.tb):
                 return "stopped"
-            if not self._packet(r, packet, gen):
-                return "superseded"
+            for whole in r.pictures.push(packet):
+                if not self._packet(r, whole, gen):
+                    return "superseded"
         return "stopped"
 
     def _next(self, r: _Pass, gen: int) -> _Packet | str | None:
@@ -219,6 +224,57 @@ class PyAvReader(StreamReader):
         return frame.reformat(width=c.width, height=c.height, format="bgr24", interpolation="AREA").to_ndarray()
 
 
+class _Pictures:
+    """Puts a keyframe split over several packets of one timestamp back into one packet.
+
+    FFmpeg's H.264 parser ends a picture at an SPS, so a camera that sends its parameter
+    sets before each IDR *slice* (GStreamer's ``rtph264pay config-interval=-1`` with a
+    multi-slice encoder) arrives as one packet per slice, and the decoder, which takes
+    each packet for a whole picture, puts out one half-grey frame per slice.  Once a
+    keyframe with the timestamp of the packet before it is seen (that first picture is
+    already gone on, split), this stream's keyframes are held until a packet of another
+    timestamp arrives, and their parts are joined: one frame interval later, and only on
+    such streams.  Other packets pass at once."""
+
+    def __init__(self) -> None:
+        self.split = False  # this stream's keyframes come in parts
+        self._last: int | None = None  # the previous packet's timestamp
+        self._parts: list[_Packet] = []  # a keyframe's parts held so far
+
+    def push(self, packet: _Packet) -> list[_Packet]:
+        """What goes on to the decoder now, in order: nothing (a part held), or packets."""
+        ts = packet.pts if packet.pts is not None else packet.dts
+        out: list[_Packet] = []
+        if self._parts:
+            if ts is not None and ts == self._timestamp(self._parts[0]):
+                self._parts.append(packet)
+                return out
+            out.append(self._join())
+        elif packet.is_keyframe and ts is not None and ts == self._last and not self.split:
+            self.split = True
+            log.info("keyframes arrive split into several packets; joining them before decoding")
+        self._last = ts
+        if self.split and packet.is_keyframe:
+            self._parts = [packet]
+        else:
+            out.append(packet)
+        return out
+
+    @staticmethod
+    def _timestamp(packet: _Packet) -> int | None:
+        return packet.pts if packet.pts is not None else packet.dts
+
+    def _join(self) -> _Packet:
+        parts, self._parts = self._parts, []
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        joined = cast(_Packet, av.Packet(b"".join(bytes(p) for p in parts)))
+        joined.pts, joined.dts, joined.time_base = first.pts, first.dts, first.time_base
+        joined.is_keyframe = True
+        return joined
+
+
 class _Pass:
     """One open source's reading state: the demuxer, the decode plan, the clock, the pacing."""
 
@@ -232,6 +288,7 @@ class _Pass:
         self.mode = self.plan.mode  # re-read at each keyframe
         self.clock = SourceClock(stream_id)
         self.packets = container.demux(self.stream)
+        self.pictures = _Pictures()
         self.next_sample = time.monotonic()
         self.got_any = False
         self.synced = False  # the decoder was fed a keyframe, and every packet since

@@ -43,9 +43,10 @@ class DecodePlan:
         self._keyframes: deque[float] = deque(maxlen=INTERVALS + 1)
 
     def keyframe(self, media_s: float | None) -> None:
-        """A keyframe at this presentation time (seconds).  Time going backwards (a looped
-        file, a camera restart) starts the measurement afresh."""
-        if media_s is None:
+        """A keyframe at this presentation time (seconds).  The same time again is the same
+        picture in another packet (parameter sets sent in-band split it); time going backwards
+        (a looped file, a camera restart) starts the measurement afresh."""
+        if media_s is None or (self._keyframes and media_s == self._keyframes[-1]):
             return
         if self._keyframes and media_s <= self._keyframes[-1]:
             self._keyframes.clear()

@@ -20,10 +20,12 @@ def write_clip(
     still: np.ndarray | None = None,
     fmt: str | None = None,
     keyframes: Collection[int] | None = None,
+    slices: int = 0,
 ) -> Path:
     """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame.
     The container follows the suffix, or ``fmt`` (``mpegts`` for a stream a pipe can carry).
-    A keyframe every ``fps`` frames, or exactly at the frame indices in ``keyframes``."""
+    A keyframe every ``fps`` frames, or exactly at the frame indices in ``keyframes``.
+    ``slices``: pictures of that many slices (x264's default otherwise)."""
     if still is not None:
         height, width = still.shape[:2]
     with av.open(str(path), "w", format=fmt) as container:
@@ -31,6 +33,8 @@ def write_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         gop = str(fps) if keyframes is None else "100000"
         stream.options = {"bf": "0", "preset": "ultrafast", "g": gop, "sc_threshold": "0"}
+        if slices:
+            stream.options = {**stream.options, "slices": str(slices)}
         yy, xx = np.mgrid[0:height, 0:width]
         for i in range(int(seconds * fps)):
             img = (

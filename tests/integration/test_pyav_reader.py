@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import pytest
 
 from gateway.ingest import Frame, PyAvReader, ReaderConfig, StreamState, parse_source
@@ -92,6 +93,31 @@ def test_keyframe_mode_decodes_only_samples_from_hevc_and_mjpeg_cameras(codec: s
             assert decoded <= len(got) + 1, f"{decoded} frames decoded for {len(got)} samples of {codec}"
             assert all(f.image.shape == (180, 320, 3) and f.source_size == (640, 360) for f in got)
             assert reader.stats.decode_errors == 0 and reader.stats.mode_switches == 0
+    finally:
+        server.stop()
+
+
+def test_keyframes_split_over_several_packets_are_decoded_whole_in_keyframe_mode(tmp_path: Path) -> None:
+    # given a camera whose keyframes have two slices and that sends SPS/PPS before each IDR slice
+    clip = write_clip(tmp_path / "slices.mp4", seconds=20, width=320, height=180, slices=2)
+    server = RtspServer(file=clip, config_interval=-1)
+    try:
+        # (FFmpeg hands each keyframe over in two packets of one timestamp)
+        with av.open(server.url, options={"rtsp_transport": "tcp"}, timeout=(5.0, 5.0)) as container:
+            stamps = [p.pts for p in itertools.islice(container.demux(container.streams.video[0]), 60) if p.is_keyframe]
+        assert len(stamps) > len(set(stamps)) > 1, f"keyframe timestamps {stamps}: expected each one twice"
+        with running(PyAvReader("cam", parse_source(server.url), config(sample_fps=1))) as reader:
+            # when it is sampled at 1 fps
+            wait_until(lambda: reader.stats.decode_mode == "keyframes", 10, what="keyframe mode")
+            decoded = reader.stats.frames_decoded
+            got = frames(reader, 4.0)
+            # then the keyframe interval is measured right, only keyframes are decoded, and whole
+            assert reader.stats.keyframe_interval_s == pytest.approx(1.0, abs=0.1)
+            assert 3 <= len(got) <= 5 and reader.stats.frames_decoded - decoded <= len(got) + 1
+            for f in got:  # the clip's green channel grows down the picture: no half-grey frame
+                rows = f.image[:, :, 1].mean(axis=1)
+                assert rows[-20:].std() > 2 and abs(rows[-1] - rows[90]) > 20, f"frame {f.index} is not whole"
+            assert reader.stats.decode_errors == 0
     finally:
         server.stop()
 

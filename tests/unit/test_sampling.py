@@ -55,6 +55,12 @@ def test_time_going_back_restarts_the_measurement() -> None:
     assert plan.interval == 4.0 and plan.mode == "all"
 
 
+def test_a_keyframe_in_several_packets_counts_once() -> None:
+    # one picture handed over in two packets of one timestamp is one keyframe, not a time going back
+    plan = keyframes(DecodePlan(sample_fps=1), [0, 0, 1, 1, 2, 2, 3, 3])
+    assert plan.interval == 1.0 and plan.mode == "keyframes"
+
+
 def test_the_keyframe_nearest_each_due_sample_is_taken() -> None:
     plan = keyframes(DecodePlan(sample_fps=0.5), [0, 1, 2])  # every other keyframe
     assert plan.take_keyframe(now=100.0, next_sample=100.0)
