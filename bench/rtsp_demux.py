@@ -1,78 +1,183 @@
-"""``python -m bench.rtsp_demux``: the CPU cost of demuxing RTSP with PyAV, per packet, nothing decoded.
+"""``python -m bench.rtsp_demux``: the CPU cost of reading RTSP with PyAV, per packet (frame).
 
-N threads each read one RTSP stream (a GStreamer test server, 640x360 at 25 fps) and
-only demux it, the way the gateway's PyAV reader does.  Arms, each on a fresh server,
-in one run:
+N threads each read one RTSP stream (a GStreamer test server, 640x360 at 25 fps, the
+live rig of ``bench.stream_density``).  Arms, each on a fresh server, in one run:
 
-- ``interrupt``: reads bounded by PyAV's interrupt callback (``timeout=(open, read)``),
-  which takes the GIL at every poll of every socket read;
-- ``socket``: reads bounded by FFmpeg's own socket timeout (the ``timeout`` option),
-  the open by the callback (``timeout=(open, None)``): what the reader does.
+- ``interrupt``: demux only, reads bounded by PyAV's interrupt callback
+  (``timeout=(open, read)``), which takes the GIL at every poll of every socket read;
+- ``socket``: demux only, reads bounded by FFmpeg's own socket timeout (the ``timeout``
+  option), the open by the callback (``timeout=(open, None)``): what the reader does;
+- ``reader``: the gateway's ``PyAvReader`` at 1 fps (keyframe mode: demux, and one
+  keyframe a second decoded, converted and published), no gateway around it.
 
-Prints packets per second and the process's CPU per packet (user and system).
+Each arm runs at every ``--kbps`` (the encoder's bitrate cap; ``--pattern snow`` fills
+it, the default ball needs ~140 kbit/s).  ``--processes K`` spreads the N streams over
+K processes of N/K threads each (is the cost the GIL's?), measured once all have
+opened their streams; their CPU is read from /proc, and packets are counted as 25 per
+stream per second.
+
+Prints kbit/s per stream, packets per second, and the CPU per packet (user and
+system) and per stream.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 
 import av
 
+from gateway.ingest import PyAvReader, ReaderConfig, parse_source
 from harness.peers.rtsp import RtspServer
 
 OPTIONS = {"analyzeduration": "0", "probesize": "32", "timeout": "5000000"}
+CAMERA_FPS = 25
+STAGGER_S = 0.05  # clients join one at a time: the shared test session does not like a stampede
 
 
-def measure(url: str, arm: str, streams: int, seconds: float, transport: str) -> str:
-    counts = [0] * streams
-    stop = threading.Event()
+class Load:
+    """``streams`` readers of ``url`` in this process, counting packets and bytes."""
 
-    def reader(i: int) -> None:
+    def __init__(self, url: str, arm: str, streams: int, transport: str) -> None:
+        self.counts, self.sizes = [0] * streams, [0] * streams
+        self.stop = threading.Event()
+        self.readers: list[PyAvReader] = []
+        self.threads: list[threading.Thread] = []
+        for i in range(streams):
+            if arm == "reader":
+                cfg = ReaderConfig(sample_fps=1, width=640, height=360, rtsp_transport=transport)
+                self.readers.append(PyAvReader(f"s{i}", parse_source(url), cfg))
+                self.readers[-1].start()
+            else:
+                t = threading.Thread(target=self._demux, args=(url, arm, transport, i), daemon=True)
+                self.threads.append(t)
+                t.start()
+            time.sleep(STAGGER_S)
+
+    def _demux(self, url: str, arm: str, transport: str, i: int) -> None:
         with av.open(
             url,
             options={**OPTIONS, "rtsp_transport": transport},
             timeout=(5.0, 5.0 if arm == "interrupt" else None),
         ) as container:
-            for _ in container.demux(container.streams.video[0]):
-                counts[i] += 1
-                if stop.is_set():
+            for packet in container.demux(container.streams.video[0]):
+                self.counts[i] += 1
+                self.sizes[i] += packet.size
+                if self.stop.is_set():
                     return
 
-    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(streams)]
-    for t in threads:
-        t.start()
-        time.sleep(0.05)  # one at a time: the shared test session does not like a stampede
-    time.sleep(2.0)
-    c0, r0, t0 = sum(counts), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    time.sleep(seconds)
-    c1, r1, t1 = sum(counts), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    stop.set()
-    for t in threads:
-        t.join(10)
-    user, system, packets = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, max(1, c1 - c0)
+    def packets(self) -> tuple[int, int | None]:
+        """Packets read so far, and their bytes (None where the reader does not count them)."""
+        if self.readers:
+            return sum(r.stats.frames_read for r in self.readers), None
+        return sum(self.counts), sum(self.sizes)
+
+    def close(self) -> None:
+        self.stop.set()
+        for r in self.readers:
+            r.stop()
+        for r in self.readers:
+            r.join(10)
+        for t in self.threads:
+            t.join(10)
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, arm: str, streams: int, *, seconds: float, transport: str, processes: int) -> str:
+    if processes > 1:
+        return _measure_processes(url, arm, streams, seconds=seconds, transport=transport, processes=processes)
+    load = Load(url, arm, streams, transport)
+    try:
+        time.sleep(2.0)
+        (c0, b0), r0, t0 = load.packets(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        time.sleep(seconds)
+        (c1, b1), r1, t1 = load.packets(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    finally:
+        load.close()
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    kbps = None if b0 is None or b1 is None else (b1 - b0) * 8 / 1000 / (t1 - t0) / streams
+    return _line(arm, transport, streams, 1, kbps=kbps, packets=max(1, c1 - c0), wall=t1 - t0, user=user, system=system)
+
+
+def _measure_processes(url: str, arm: str, streams: int, *, seconds: float, transport: str, processes: int) -> str:
+    per = streams // processes
+    cmd = [sys.executable, "-m", "bench.rtsp_demux", "--child", url, "--arms", arm, "--streams", str(per)]
+    children = []
+    try:
+        for _ in range(processes):
+            children.append(subprocess.Popen([*cmd, "--transport", transport], stdout=subprocess.PIPE, text=True))
+        for c in children:  # each has imported everything and opened its streams
+            assert c.stdout is not None
+            if c.stdout.readline().strip() != "ready":
+                raise RuntimeError("a reader process did not start")
+        time.sleep(2.0)
+        c0, t0 = sum(_cpu_s(c.pid) for c in children), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = sum(_cpu_s(c.pid) for c in children), time.monotonic()
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    packets = int(per * processes * CAMERA_FPS * (t1 - t0))  # live streams at 25 fps
+    return _line(arm, transport, per * processes, processes, kbps=None, packets=packets, wall=t1 - t0, user=c1 - c0)
+
+
+def _line(
+    arm: str,
+    transport: str,
+    streams: int,
+    processes: int,
+    *,
+    kbps: float | None,
+    packets: int,
+    wall: float,
+    user: float,
+    system: float | None = None,
+) -> str:
+    cpu = user + (system or 0.0)
+    split = "" if system is None else f" (user {user / packets * 1e6:.1f}, system {system / packets * 1e6:.1f})"
+    rate = "     " if kbps is None else f"{kbps:5.0f}"
     return (
-        f"{arm:9s} {transport} streams={streams:3d} packets/s={packets / (t1 - t0):6.0f} "
-        f"cores={(user + system) / (t1 - t0):.3f} us/packet={(user + system) / packets * 1e6:6.1f} "
-        f"(user {user / packets * 1e6:.1f}, system {system / packets * 1e6:.1f})"
+        f"{arm:9s} {transport} streams={streams:3d} processes={processes:2d} kbit/s/stream={rate} "
+        f"packets/s={packets / wall:6.0f} cores={cpu / wall:.3f} us/packet={cpu / packets * 1e6:6.1f}{split} "
+        f"millicores/stream={cpu / wall / streams * 1000:4.1f}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rtsp_demux", description=__doc__)
     p.add_argument("--streams", type=int, default=32, help="RTSP clients (default: %(default)s)")
-    p.add_argument("--arms", default="interrupt,socket", help="interrupt, socket (default: %(default)s)")
+    p.add_argument("--arms", default="interrupt,socket", help="interrupt, socket, reader (default: %(default)s)")
     p.add_argument("--transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (default: tcp)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per arm (default: %(default)s)")
+    p.add_argument("--kbps", default="2048", help="the server's bitrate caps, comma-separated (default: %(default)s)")
+    p.add_argument("--pattern", default="ball", help="the test pattern: ball (~140 kbit/s), snow (fills the cap)")
+    p.add_argument("--processes", type=int, default=1, help="processes to spread the streams over (default: 1)")
+    p.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)  # one of --processes: read until killed
     args = p.parse_args(argv)
-    for arm in args.arms.split(","):
-        server = RtspServer()
-        try:
-            print(measure(server.url, arm, args.streams, args.seconds, args.transport), flush=True)
-        finally:
-            server.stop()
+    if args.child:
+        Load(args.child, args.arms, args.streams, args.transport)
+        print("ready", flush=True)
+        threading.Event().wait()
+    for kbps in (int(k) for k in args.kbps.split(",")):
+        for arm in args.arms.split(","):
+            server = RtspServer(kbps=kbps, pattern=args.pattern)
+            try:
+                how = {"seconds": args.seconds, "transport": args.transport, "processes": args.processes}
+                line = measure(server.url, arm, args.streams, **how)
+                print(line, flush=True)
+            finally:
+                server.stop()
     return 0
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -97,6 +98,40 @@ def export_model(repo: Path, input_dtype: str = "uint8") -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"export failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return repo / MODEL / "1" / "model.onnx"
+
+
+def stand_in_model(onnx_path: Path, seed: int = 0) -> Path:
+    """Overwrite an exported classifier's ONNX file with a stand-in that keeps its contract
+    (``input`` uint8 [B, 3, 224, 224] → ``logits`` and ``probabilities`` [B, 1000]) and does
+    next to no compute: the per-channel means through one random linear layer.  For measuring
+    the gateway with the model's compute off this machine's cores, as on a GPU host; its
+    answers mean nothing."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = numpy_helper.from_array(rng.standard_normal((3, 1000)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+            helper.make_node("MatMul", ["m", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "stand_in",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["batch", 3, 224, 224])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 1000]),
+        ],
+        initializer=[weights, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # what the embedded onnxruntime reads
+    onnx.checker.check_model(model)
+    onnx.save(model, onnx_path)
+    return onnx_path
 
 
 def tuned_copy(source: Path, target: Path, tuning: ServerTuning) -> Path:

@@ -1,9 +1,16 @@
 """``python -m bench.stream_density``: how many live RTSP streams this machine sustains, per reader.
 
 N RTSP streams (640x360, 25 fps H.264, a keyframe every 25 frames) from ``--servers``
-GStreamer server processes, streams assigned round-robin (the clients of one server
-share its one live encode; one server stops taking clients near 96, so the rig is
-spread out to stay off the critical path).  Each stream is sampled at each of
+GStreamer server processes, streams assigned round-robin (one server stops taking
+clients near 96, so the rig is spread out to stay off the critical path).  ``--rig``
+says what a server sends: ``live``, one live encode shared by its clients (their
+keyframes all come at the same instant, which keyframe mode pays for in bursts);
+``phased``, a pre-encoded clip at ``--mounts`` mount points each shared from when its
+first client joined (keyframes in servers x mounts phases, as cameras are not in
+phase); ``replay``, the clip from its start for each client (every client in its own
+phase and on its own RTP clock).  ``--model stand-in`` serves a model with
+MobileNetV3-Small's contract and next to no compute, so the model's cost leaves the
+2 cores as it would on a GPU host.  Each stream is sampled at each of
 ``--rates`` and classified.  Arms, side by side in one run, each with a gateway
 process of its own (nothing shared between arms):
 
@@ -38,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -66,6 +73,7 @@ from bench.procstat import CpuMeter, Selector, group_pids, pid, stub_pids
 from embedded_triton.repository import default_instances
 from gateway.preprocess import classifier_input
 from harness.helpers import GatewayProcess, stream_predictions, wait_until
+from harness.peers.clips import write_clip
 from harness.peers.rtsp import RtspServer
 
 SAMPLE_FPS = 2.0  # start_streams' default rate (bench.cluster_scale, bench.capture_overhead)
@@ -101,6 +109,7 @@ class Rig:
     groups: dict[str, Selector]  # triton, stub, rtsp, client
     seconds: float  # measured seconds per level
     work: Path  # a private directory: the gateways' logs
+    fresh: Callable[[], None] = lambda: None  # the servers restarted, same URLs (a clip from its start)
 
     def meter(self, **extra: Selector) -> CpuMeter:
         return CpuMeter({**self.groups, **extra})
@@ -303,6 +312,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default: %(default)s)")
     p.add_argument("--servers", type=int, default=4, help="RTSP server processes (default: %(default)s)")
     p.add_argument(
+        "--rig",
+        choices=("live", "phased", "replay"),
+        default="live",
+        help="live: each server shares one live x264 encode among its clients, so all their keyframes come at "
+        "the same instant (default); phased: each server plays a pre-encoded clip at --mounts mount points, "
+        "each shared from when its first client joined, so keyframes come in servers x mounts phases; replay: "
+        "each client gets its own replay of the clip from its start, so its keyframes fall where it joined, as "
+        "with real cameras, and its RTP clock is its own (the only rig where camera-clock ages hold; about "
+        "twice the servers' CPU per client)",
+    )
+    p.add_argument("--mounts", type=int, default=8, help="--rig phased: mount points per server (default: 8)")
+    p.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=300.0,
+        help="--rig phased/replay: the clip's length (default: %(default)s); an arm's series must end before it",
+    )
+    p.add_argument(
+        "--model",
+        choices=("mobilenet", "stand-in"),
+        default="mobilenet",
+        help="mobilenet: MobileNetV3-Small on this CPU (default); stand-in: the same contract with next to no "
+        "compute, so the model's cost leaves the cores, as on a GPU host (bench.servers.stand_in_model)",
+    )
+    p.add_argument(
         "--keyframes-at-every-rate",
         action="store_true",
         help="run pyav-keyframes above the keyframe rate too (there auto decodes every frame)",
@@ -334,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 if arm.keyframes and rate > CAMERA_FPS / GOP and not args.keyframes_at_every_rate:
                     report.notes.append(f"{arm.name} skipped at {rate:g} fps: above the keyframe rate, it is pyav-all")
                     continue
+                rig.fresh()
                 _series(rig, arm, rate, args, report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"streams-{report.started_utc.replace(':', '').replace('-', '')}"
@@ -348,14 +383,38 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def _rig(work: Path, args: argparse.Namespace) -> Iterator[Rig]:
     """The exported model, ``args.servers`` RTSP servers and the embedded Triton, stopped on the way out."""
-    servers.export_model(work / "repo")
+    onnx_path = servers.export_model(work / "repo")
+    if args.model == "stand-in":
+        servers.stand_in_model(onnx_path)
     tuning = servers.ServerTuning(instance_count=default_instances(), intra_op_threads=1)
     with contextlib.ExitStack() as stack:
+        clip, mounts = None, args.mounts if args.rig == "phased" else 1
+        if args.rig != "live":
+            clip = write_clip(work / "camera.mp4", seconds=args.clip_seconds, fps=CAMERA_FPS)  # a keyframe a second
+        shared = args.rig == "phased"
         cameras: list[RtspServer] = []
         for _ in range(args.servers):
-            cameras.append(RtspServer(fps=CAMERA_FPS, gop=GOP))
-            stack.callback(cameras[-1].stop)
+            cameras.append(RtspServer(fps=CAMERA_FPS, gop=GOP, file=clip, mounts=mounts, shared_file=shared))
+
+        def stop_cameras() -> None:
+            for c in cameras:
+                c.stop()
+
+        stack.callback(stop_cameras)
         rtsp_pids = [c.proc.pid for c in cameras]
+
+        def fresh() -> None:  # a clip plays once: each arm's series gets it from its start
+            if clip is None:
+                return
+            for i, old in enumerate(cameras):
+                old.stop()
+                cameras[i] = RtspServer(
+                    port=old.port, fps=CAMERA_FPS, gop=GOP, file=clip, mounts=mounts, shared_file=shared
+                )
+                rtsp_pids[i] = cameras[i].proc.pid
+
+        # streams go round-robin over the servers, then over each server's mount points
+        urls = [c.urls[m] for m in range(mounts) for c in cameras]
         tri = stack.enter_context(servers.triton(work / "repo", work, tuning))
         assert tri.pid is not None
         tpg = tri.pid
@@ -365,7 +424,7 @@ def _rig(work: Path, args: argparse.Namespace) -> Iterator[Rig]:
             "rtsp": lambda: rtsp_pids,  # the servers as one group
             "client": pid(os.getpid()),  # this process: the SSE subscribers, or the naive loop
         }
-        yield Rig(tri.grpc_url, [c.url for c in cameras], groups, args.duration, work)
+        yield Rig(tri.grpc_url, urls, groups, args.duration, work, fresh)
 
 
 def _series(rig: Rig, arm: Arm, rate: float, args: argparse.Namespace, report: Report) -> None:
