@@ -31,10 +31,22 @@ PYTHON = sys.executable
 TRITON_VENV = ROOT / ".venv-triton"
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port that this process was never handed before.  The OS may give the
+    same port to two binds in a row once the first socket is closed; a server handed one port
+    for two listeners (gRPC and HTTP) then fails to bind (seen once in CI)."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition") -> None:
