@@ -236,9 +236,10 @@ class _Pictures:
     timestamp arrives, and their parts are joined: one frame interval later, and only on
     such streams.  Other packets pass at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
         self.split = False  # this stream's keyframes come in parts
-        self._last: int | None = None  # the previous packet's timestamp
+        self._last: int | None = None  # the previous packet's timestamp (while parts are held: theirs)
         self._parts: list[_Packet] = []  # a keyframe's parts held so far
 
     def push(self, packet: _Packet) -> list[_Packet]:
@@ -246,23 +247,19 @@ class _Pictures:
         ts = packet.pts if packet.pts is not None else packet.dts
         out: list[_Packet] = []
         if self._parts:
-            if ts is not None and ts == self._timestamp(self._parts[0]):
+            if ts is not None and ts == self._last:
                 self._parts.append(packet)
                 return out
             out.append(self._join())
         elif packet.is_keyframe and ts is not None and ts == self._last and not self.split:
             self.split = True
-            log.info("keyframes arrive split into several packets; joining them before decoding")
+            log.info("stream %s: keyframes arrive split into several packets; joining them", self.stream_id)
         self._last = ts
         if self.split and packet.is_keyframe:
             self._parts = [packet]
         else:
             out.append(packet)
         return out
-
-    @staticmethod
-    def _timestamp(packet: _Packet) -> int | None:
-        return packet.pts if packet.pts is not None else packet.dts
 
     def _join(self) -> _Packet:
         parts, self._parts = self._parts, []
@@ -288,7 +285,7 @@ class _Pass:
         self.mode = self.plan.mode  # re-read at each keyframe
         self.clock = SourceClock(stream_id)
         self.packets = container.demux(self.stream)
-        self.pictures = _Pictures()
+        self.pictures = _Pictures(stream_id)
         self.next_sample = time.monotonic()
         self.got_any = False
         self.synced = False  # the decoder was fed a keyframe, and every packet since
