@@ -30,6 +30,10 @@ class DensityLevel:
     clocks: dict[str, int] = field(default_factory=dict)  # events per clock (rtcp, pts, reader)
     decode: dict[str, int] = field(default_factory=dict)  # streams per decode mode (GET /streams)
     decoded_fps: float | None = None  # frames decoded per second per stream (GET /streams)
+    # gateway arms: p50 and p95 of each part of an event's age (its latency_ms, and delivery: receive -
+    # captured_at - total), ms: where the tail comes from
+    parts: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    triton: dict[str, float] = field(default_factory=dict)  # gateway arms: Triton's statistics over the window
     sustained: bool = False
 
     @property
@@ -76,6 +80,23 @@ def _fmt(cells: list[str]) -> str:
 
 def header() -> str:
     return _fmt([name for name, _, _ in _COLUMNS])
+
+
+def parts_row(lv: DensityLevel) -> str:
+    """The age's parts, p50/p95 ms, on a line under the level's row (gateway arms)."""
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    parts = "  ".join(f"{k} {ms(a)}/{ms(b)}" for k, (a, b) in lv.parts.items())
+    t = lv.triton
+    server = (
+        f"  | Triton: {t['images_per_execution']:g} images/batch, queue {t['queue_ms_per_request']:g} ms/request, "
+        f"compute {t['compute_ms_per_execution']:g} ms/batch"
+        if t
+        else ""
+    )
+    return f"    parts p50/p95 ms: {parts}{server}"
 
 
 def row(lv: DensityLevel) -> str:

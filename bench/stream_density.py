@@ -65,6 +65,7 @@ from bench.density_report import (
     DensityLevel,
     Report,
     header,
+    parts_row,
     plot,
     row,
     table,
@@ -121,6 +122,7 @@ class Event(NamedTuple):
     captured_at: float
     source_at: float | None
     clock: str
+    latency: dict[str, float | None]  # the event's latency_ms
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -173,6 +175,24 @@ def _rows(base_url: str, n: int) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows if r["id"] in {f"s{i}" for i in range(n)}}
 
 
+def _triton_stats(url: str) -> tuple[int, int, int, float, float]:
+    """Triton's own counters for the model: requests, executions (batches), images, and the
+    seconds requests spent queued and computing (the stub's round trip included)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        s = client.get_inference_statistics(servers.MODEL).model_stats[0]
+    finally:
+        client.close()
+    st = s.inference_stats
+    return (
+        int(st.success.count),
+        int(s.execution_count),
+        int(s.inference_count),
+        st.queue.ns / 1e9,
+        st.compute_infer.ns / 1e9,
+    )
+
+
 def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float) -> DensityLevel:
     """n streams on ``gw`` at ``rate``, one SSE subscriber each; the window is [t0, t0 + seconds)
     of capture time, with t0 after every subscriber has connected."""
@@ -182,7 +202,8 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
     t0 = time.time() + CONNECT_S
 
     def record(d: dict[str, Any]) -> None:
-        events.append(Event(d["stream"], d["_received"], d["captured_at"], d.get("source_at"), d.get("clock", "?")))
+        at, source = d["captured_at"], d.get("source_at")
+        events.append(Event(d["stream"], d["_received"], at, source, d.get("clock", "?"), d["latency_ms"]))
 
     async def run() -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         subs = asyncio.gather(
@@ -191,12 +212,15 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
         await asyncio.sleep(max(0.0, t0 - time.time()))
         meter.start()
         before = await asyncio.to_thread(_rows, gw.url, n)
+        stats0 = await asyncio.to_thread(_triton_stats, rig.grpc_url)
         await asyncio.sleep(max(0.0, t0 + seconds - time.time()))
         cpu = meter.cores()
         after = await asyncio.to_thread(_rows, gw.url, n)
+        stats.extend(a - b for a, b in zip(await asyncio.to_thread(_triton_stats, rig.grpc_url), stats0, strict=True))
         await subs
         return cpu, before, after
 
+    stats: list[float] = []
     cpu, before, after = asyncio.run(run())
     inside = [e for e in events if t0 <= e.captured_at < t0 + seconds]
     counts = Counter(e.stream for e in inside)
@@ -215,6 +239,18 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
     lv.decode = dict(Counter(str(r.get("decode")) for r in after.values()))
     decoded = [r["frames_decoded"] - before[s]["frames_decoded"] for s, r in after.items() if s in before]
     lv.decoded_fps = round(sum(decoded) / max(1, len(decoded)) / seconds, 2) if decoded else None
+    for part in ("wait", "preprocess", "batch", "inference"):
+        values = [float(v) for e in inside if (v := e.latency.get(part)) is not None]
+        lv.parts[part] = (_pct(values, 50), _pct(values, 95))
+    delivery = [(e.received - e.captured_at) * 1000 - float(e.latency["total"] or 0) for e in inside]
+    lv.parts["delivery"] = (_pct(delivery, 50), _pct(delivery, 95))
+    requests, executions, images, queued_s, compute_s = stats
+    lv.triton = {
+        "requests": requests,
+        "images_per_execution": round(images / max(1, executions), 2),
+        "queue_ms_per_request": round(queued_s * 1000 / max(1, requests), 1),
+        "compute_ms_per_execution": round(compute_s * 1000 / max(1, executions), 1),
+    }
     return lv
 
 
@@ -301,6 +337,19 @@ async def _fanout_lag(base_url: str, sid: str, subscribers: int, seconds: float)
     return lags
 
 
+def _arms(names: list[str], windows: str) -> list[Arm]:
+    """The arms in order; with ``windows``, each gateway arm once per batch window."""
+    out = []
+    for arm in (ARMS[a] for a in names):
+        if arm.env is None or not windows:
+            out.append(arm)
+            continue
+        for ms in windows.split(","):
+            env = {**arm.env, "APP_INGEST__BATCH_WINDOW_MS": ms}
+            out.append(Arm(f"{arm.name}@{float(ms):g}ms", env, arm.keyframes))
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.stream_density", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -341,6 +390,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run pyav-keyframes above the keyframe rate too (there auto decodes every frame)",
     )
+    p.add_argument(
+        "--batch-windows",
+        default="",
+        help="gateway arms: run each once per ingest.batch_window_ms in this list, named arm@<ms>ms, e.g. 0,25 "
+        "(0: every frame a request of its own; default: the gateway's default only)",
+    )
     p.add_argument("--fanout", action=argparse.BooleanOptionalAction, default=True, help="the fan-out test (on)")
     p.add_argument("--subscribers", type=int, default=200, help="fan-out test: SSE subscribers on one stream")
     p.add_argument("--quick", action="store_true", help="a smoke run: counts 2,4, naive 2, 3 s levels, 2 servers")
@@ -364,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header(), flush=True)
     with tempfile.TemporaryDirectory(prefix="stream-ml-density-") as tmp, _rig(Path(tmp), args) as rig:
         for rate in rates:
-            for arm in (ARMS[a] for a in args.arms.split(",")):
+            for arm in _arms(args.arms.split(","), args.batch_windows):
                 if arm.keyframes and rate > CAMERA_FPS / GOP and not args.keyframes_at_every_rate:
                     report.notes.append(f"{arm.name} skipped at {rate:g} fps: above the keyframe rate, it is pyav-all")
                     continue
@@ -451,6 +506,7 @@ def _series(rig: Rig, arm: Arm, rate: float, args: argparse.Namespace, report: R
             lv = gateway_level(gw, rig, arm=arm.name, n=n, rate=rate)
             report.levels.append(lv)
             print(row(lv), flush=True)
+            print(parts_row(lv), flush=True)
             if arm.keyframes and lv.decode.get("keyframes", 0) < n:
                 report.notes.append(f"{arm.name} N={n} at {rate:g} fps: decode modes {lv.decode}")
             if not lv.sustained:

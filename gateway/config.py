@@ -266,6 +266,20 @@ class IngestSettings(_Section):
     rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
         "tcp", description="RTSP's transport (per stream: streams[].rtsp_transport)."
     )
+    batch_window_ms: float = Field(
+        25.0,
+        ge=0,
+        le=1000,
+        description="Stream frames of one model that become ready within this window go to Triton as one request "
+        "(sent sooner when batch_max frames are waiting): each frame waits at most this long, and a request's fixed "
+        "cost is shared.  0: every frame is a request of its own.  Uploads are never held back.",
+    )
+    batch_max: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Most stream frames in one Triton request (and at most the model's max_batch_size).",
+    )
     open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on opening a source.")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A source silent this long is reconnected.")
     backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles, with jitter.")

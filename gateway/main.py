@@ -26,6 +26,7 @@ from gateway.api.timing import PredictTimer
 from gateway.capture import Capturer, CaptureStats
 from gateway.cluster import Cluster
 from gateway.config import Settings, load_settings
+from gateway.inference.batcher import FrameBatcher
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
 from gateway.inference.predictor import Predictor
@@ -69,6 +70,12 @@ def _default_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
+def _frame_batcher(settings: Settings, client: TritonClient, metrics: Metrics) -> FrameBatcher:
+    ing = settings.ingest
+    observe = metrics.stream_batch_size.labels
+    return FrameBatcher(client, ing.batch_window_ms, ing.batch_max, on_batch=lambda m, n: observe(m).observe(n))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     _default_logging(settings.server.log_level)
@@ -80,13 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = TritonClient(settings.triton, on_retry=lambda m, why: metrics.inference_retries.labels(m, why).inc())
         await client.start()
         catalog = ModelCatalog(settings, client)
-        predictor = Predictor(settings, client, catalog, executor)
+        batcher = _frame_batcher(settings, client, metrics)
+        predictor = Predictor(settings, client, catalog, executor, batcher)
         capturer = Capturer(settings.capture)
         cluster = Cluster(settings, metrics) if settings.cluster.enabled else None
-        on_event = cluster.log.append if cluster is not None else None
-        streams = StreamManager(settings, predictor, metrics, capturer, on_event=on_event)
-        guard = SseGuard(metrics, settings.ingest.max_client_lag_s)
-        app.state.sse_guard = guard
+        streams = StreamManager(
+            settings, predictor, metrics, capturer, on_event=cluster.log.append if cluster is not None else None
+        )
+        app.state.sse_guard = guard = SseGuard(metrics, settings.ingest.max_client_lag_s)
         app.state.triton, app.state.catalog, app.state.predictor = client, catalog, predictor
         app.state.streams, app.state.capturer = streams, capturer
         app.state.cluster = cluster.attach(streams) if cluster is not None else None
@@ -109,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await cluster.stop()
             await streams.stop()
             capturer.stop()
+            await batcher.stop()
             await client.stop()
             executor.shutdown(wait=True, cancel_futures=True)
 

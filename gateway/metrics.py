@@ -54,6 +54,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 AGE_BUCKETS = (0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -198,7 +199,7 @@ class Metrics:
         r = self.registry
         self.inference_seconds = Histogram(
             f"{PREFIX}_inference_seconds",
-            "Stream frames: preprocess + Triton round trip.",
+            "Stream frames: preprocess, the wait for a batch (ingest.batch_window_ms) and the Triton round trip.",
             ["stream", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -215,6 +216,13 @@ class Metrics:
             "Failed stream inferences by kind: triton (unavailable or failed), timeout, crashed_instance "
             "(a model instance crashed, the retry too), internal.",
             ["stream", "model", "kind"],
+            registry=r,
+        )
+        self.stream_batch_size = Histogram(
+            f"{PREFIX}_stream_batch_frames",
+            "Stream frames per Triton request (frames of several streams batched within ingest.batch_window_ms).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.inference_retries = Counter(

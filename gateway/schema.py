@@ -111,6 +111,12 @@ class Latency(Contract):
     wait: float = Field(ge=0, le=MAX_MS, description="From capture to the start of inference, ms.")
     preprocess: float = Field(ge=0, le=MAX_MS, description="Colour conversion, resize and layout, ms.")
     inference: float = Field(ge=0, le=MAX_MS, description="Triton round trip, ms.")
+    batch: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_MS,
+        description="Waiting for other streams' frames to share the Triton request (ingest.batch_window_ms), ms.",
+    )
     total: float = Field(ge=0, le=MAX_MS, description="From the reader taking the frame to the event, ms.")
     age: float | None = Field(
         None,

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +26,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.inference.model import ModelInfo
+
 ROOT = Path(__file__).resolve().parents[1]
+# What Triton's metadata says of a small classifier and of a detector (unit tests with the client patched)
+CLASSIFIER_INFO = ModelInfo(
+    name="mobilenet_v3_small", version="1", task="classification", input_name="input", input_datatype="UINT8",
+    input_shape=(3, 224, 224), output_name="probabilities", num_classes=10, max_batch_size=16,
+    instance_kinds=("CPU",),
+)  # fmt: skip
+DETECTOR_INFO = replace(
+    CLASSIFIER_INFO, name="person_detector", task="detection", input_name="images", input_shape=(3, -1, -1),
+    output_name="", num_classes=3, class_names=("__background__", "person", "car"),
+)  # fmt: skip
 PYTHON = sys.executable
 TRITON_VENV = ROOT / ".venv-triton"
 

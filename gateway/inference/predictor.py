@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,7 @@ from PIL import Image
 from gateway.config import Settings
 from gateway.errors import BadRequest, InferenceFailed, ModelDegraded
 from gateway.inference import postprocess
+from gateway.inference.batcher import FrameBatcher
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
 from gateway.inference.model import ModelInfo
@@ -37,6 +38,7 @@ class Outcome:
     decode_ms: float
     preprocess_ms: float
     inference_ms: float
+    batch_ms: float = 0.0  # stream frames: waiting for other streams' frames to share the request
 
 
 def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -47,12 +49,20 @@ def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
 
 class Predictor:
     def __init__(
-        self, settings: Settings, client: TritonClient, catalog: ModelCatalog, executor: ThreadPoolExecutor
+        self,
+        settings: Settings,
+        client: TritonClient,
+        catalog: ModelCatalog,
+        executor: ThreadPoolExecutor,
+        batcher: FrameBatcher | None = None,
     ) -> None:
+        """``batcher``: where stream frames go to Triton (with other streams' frames); without it, or
+        with batching off, each frame is a request of its own."""
         self._settings = settings
         self._client = client
         self._catalog = catalog
         self._executor = executor
+        self._batcher = batcher if batcher is not None and batcher.enabled else None
 
     def options(self, threshold: float | None = None, all_classes: bool | None = None) -> DetectOptions:
         d = self._settings.detector
@@ -86,7 +96,7 @@ class Predictor:
         if top_k is not None and info.task == "classification" and top_k > info.num_classes:
             raise BadRequest(f"top_k={top_k} exceeds the {info.num_classes} classes of model {name}")
         k = top_k or min(self._settings.top_k, info.num_classes)  # the default fits a model with fewer classes
-        result, inference_ms = await self._infer(info, batch, geometry, k, options or self.options())
+        result, inference_ms, _ = await self._infer(info, batch, geometry, k, options or self.options())
         return Outcome(result, decode_ms, preprocess_ms, inference_ms)
 
     async def predict_frame(
@@ -99,8 +109,8 @@ class Predictor:
         (batch, geometry), preprocess_ms = await loop.run_in_executor(
             self._executor, _timed, prepare_frame, bgr, source_size, info, self._settings.preprocess
         )
-        result, inference_ms = await self._infer(info, batch, geometry, k, self.options())
-        return Outcome(result, 0.0, preprocess_ms, inference_ms)
+        result, inference_ms, batch_ms = await self._infer(info, batch, geometry, k, self.options(), frame=True)
+        return Outcome(result, 0.0, preprocess_ms, inference_ms, batch_ms)
 
     async def probe(self, name: str) -> None:
         """One inference on a blank input of the model's shape (readiness of a degraded model:
@@ -130,23 +140,39 @@ class Predictor:
 
     # --- Triton ----------------------------------------------------------------------------------
 
-    async def _infer(
-        self, info: ModelInfo, batch: np.ndarray, geometry: Geometry, top_k: int, options: DetectOptions
-    ) -> tuple[ClassificationResult | DetectionResult, float]:
+    async def _ask(self, info: ModelInfo, batch: np.ndarray, top_k: int, frame: bool) -> tuple[Any, str, float, float]:
+        """One image's raw answer (``Detections`` or a list of ``ClassScore``), the version that
+        answered, the time it waited for a batch, and the Triton call's time (ms)."""
+        if frame and self._batcher is not None:
+            detection = info.task == "detection"
+            b = await (self._batcher.detect(info, batch) if detection else self._batcher.classify(info, batch, top_k))
+            return b.row, b.version, b.queued_ms, b.call_ms
         t0 = time.perf_counter()
+        if info.task == "detection":
+            found, version = await self._client.detect(info, batch)
+            return found[0], version, 0.0, (time.perf_counter() - t0) * 1000
+        classes, version = await self._client.classify(info, batch, top_k)
+        return classes[0], version, 0.0, (time.perf_counter() - t0) * 1000
+
+    async def _infer(
+        self,
+        info: ModelInfo,
+        batch: np.ndarray,
+        geometry: Geometry,
+        top_k: int,
+        options: DetectOptions,
+        *,
+        frame: bool = False,
+    ) -> tuple[ClassificationResult | DetectionResult, float, float]:
+        """The result, the Triton call's time and the batching wait (ms)."""
         try:
-            if info.task == "detection":
-                found, version = await self._client.detect(info, batch)
-                ms = (time.perf_counter() - t0) * 1000
-                self._catalog.mark_healthy(info.name)
-                info = await self._catalog.served_by(info, version)
-                person = self._settings.detector.person_class
-                return postprocess.detection(info, found[0], geometry, options, person), ms
-            classes, version = await self._client.classify(info, batch, top_k)
-            ms = (time.perf_counter() - t0) * 1000
+            row, version, batch_ms, ms = await self._ask(info, batch, top_k, frame)
             self._catalog.mark_healthy(info.name)
-            info = await self._catalog.served_by(info, version)
-            return postprocess.classification(info, classes[0], geometry), ms
+            task, info = info.task, await self._catalog.served_by(info, version)
+            if task == "detection":
+                person = self._settings.detector.person_class
+                return postprocess.detection(info, row, geometry, options, person), ms, batch_ms
+            return postprocess.classification(info, row, geometry), ms, batch_ms
         except ModelDegraded as e:
             self._catalog.mark_degraded(info.name, e.message)
             raise

@@ -213,7 +213,7 @@ class StreamWorker:
         total_ms = (done - frame.captured_mono) * 1000
         # The frame's age on the camera's clock where the stream has one (clamped: clocks differ)
         age_ms = None if frame.source_at is None else max(0.0, (time.time() - frame.source_at) * 1000)
-        self._observe(out.preprocess_ms + out.inference_ms, total_ms if age_ms is None else age_ms)
+        self._observe(out.preprocess_ms + out.batch_ms + out.inference_ms, total_ms if age_ms is None else age_ms)
         event = prediction_event(
             out.result,
             stream=self.id,
@@ -225,6 +225,7 @@ class StreamWorker:
                 wait=round((started - frame.captured_mono) * 1000, 3),
                 preprocess=round(out.preprocess_ms, 3),
                 inference=round(out.inference_ms, 3),
+                batch=round(out.batch_ms, 3),
                 total=round(total_ms, 3),
                 age=None if age_ms is None else round(age_ms, 3),
             ),

@@ -14,7 +14,18 @@ import jsonschema
 import pytest
 
 from embedded_triton import EmbeddedTriton
-from harness.helpers import GatewayProcess, encode, gateway, predictions, scene, sse, stream_info, wait_until
+from harness.helpers import (
+    GatewayProcess,
+    encode,
+    gateway,
+    predictions,
+    scene,
+    scrape,
+    sse,
+    stream_info,
+    total,
+    wait_until,
+)
 from harness.peers.clips import write_clip
 from harness.peers.rtsp import RtspServer
 
@@ -247,3 +258,57 @@ def test_a_1_fps_stream_decodes_keyframes_and_its_events_carry_the_camera_clock(
         assert stream_info(streams_gateway, "default")["decode"] == "all"
     finally:
         httpx.delete(f"{streams_gateway.url}/streams/keys")
+
+
+# --- frames of several streams in one Triton request -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching_gateway(
+    triton: EmbeddedTriton, rtsp: RtspServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("batching")
+    clip = write_clip(tmp / "loop.mp4", seconds=2.0)
+    # three streams at 4 fps (a frame each every 250 ms) and a window longer than that: every
+    # request carries frames of more than one stream
+    env = {
+        "APP_TRITON__URL": triton.grpc_url,
+        "APP_TRITON__REQUEST_TIMEOUT_S": "5",
+        "APP_FRAME_SAMPLE_FPS": str(FPS),
+        "APP_STREAMS": json.dumps(
+            [
+                {"id": "cam1", "url": rtsp.url},
+                {"id": "cam2", "url": rtsp.url},
+                {"id": "file", "url": str(clip), "loop": True},
+            ]
+        ),
+        "APP_STREAM_POLICY__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "APP_STREAM_POLICY__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "APP_INGEST__BATCH_WINDOW_MS": "300",
+    }
+    with gateway(env, tmp / "gateway.log") as gw:
+
+        def predicting() -> bool:
+            return all(stream_info(gw, sid)["predictions"] >= 2 for sid in ("cam1", "cam2", "file"))
+
+        wait_until(predicting, 30, what="the three streams predicting")
+        yield gw
+
+
+def test_frames_of_several_streams_share_requests_and_events_show_the_wait(batching_gateway: GatewayProcess) -> None:
+    before = scrape(batching_gateway)
+    # when the three streams run for a few seconds
+    preds = predictions(sse(f"{batching_gateway.url}/streams/cam1/events", 4.0))
+    after = scrape(batching_gateway)
+    # then each stream still gets its sampling rate
+    assert len(preds) >= 0.6 * FPS * 4, f"{len(preds)} predictions in 4 s at {FPS} fps"
+    # and the requests carried frames of several streams
+    frames = total(after, "streamml_stream_batch_frames_sum") - total(before, "streamml_stream_batch_frames_sum")
+    requests = total(after, "streamml_stream_batch_frames_count") - total(before, "streamml_stream_batch_frames_count")
+    assert requests > 0 and frames / requests >= 1.5, f"{frames} frames in {requests} requests"
+    # and each event says how long its frame waited for the others, within the window
+    waits = [p["latency_ms"]["batch"] for p in preds]
+    assert max(waits) > 0 and max(waits) <= 300 + 100, f"batch waits (ms): {waits}"
+    for p in preds:
+        lat = p["latency_ms"]
+        assert lat["total"] >= lat["batch"] + lat["inference"], lat

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from unittest.mock import AsyncMock
 
 import numpy as np
@@ -15,20 +14,13 @@ from gateway.config import Settings
 from gateway.errors import BadImage, BadRequest, InferenceFailed, InferenceUnavailable, ModelDegraded
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
-from gateway.inference.model import Detections, ModelInfo
+from gateway.inference.model import Detections
 from gateway.inference.predictor import Predictor
 from gateway.schema import ClassificationResult, ClassScore, DetectionResult
+from harness.helpers import CLASSIFIER_INFO as CLASSIFIER
+from harness.helpers import DETECTOR_INFO as DETECTOR
 from harness.helpers import encode, scene
 
-CLASSIFIER = ModelInfo(
-    name="mobilenet_v3_small", version="1", task="classification", input_name="input", input_datatype="UINT8",
-    input_shape=(3, 224, 224), output_name="probabilities", num_classes=10, max_batch_size=16,
-    instance_kinds=("CPU",),
-)  # fmt: skip
-DETECTOR = replace(
-    CLASSIFIER, name="person_detector", task="detection", input_name="images", input_shape=(3, -1, -1),
-    output_name="", num_classes=3, class_names=("__background__", "person", "car"),
-)  # fmt: skip
 JPEG = encode(scene(640, 480), "JPEG")
 
 

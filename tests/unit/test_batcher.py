@@ -1,0 +1,232 @@
+"""The frame batcher with the Triton client patched: which frames share a request, when it is
+sent, and what each frame gets back when the request fails or its stream stops."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+from unittest.mock import AsyncMock
+
+import numpy as np
+import pytest
+
+from gateway.config import Settings
+from gateway.errors import InferenceTimeout, InferenceUnavailable
+from gateway.inference.batcher import FrameBatcher
+from gateway.inference.catalog import ModelCatalog
+from gateway.inference.client import TritonClient
+from gateway.inference.model import Detections, ModelInfo
+from gateway.inference.predictor import Predictor
+from gateway.schema import ClassificationResult, ClassScore
+from harness.helpers import CLASSIFIER_INFO as CLASSIFIER
+from harness.helpers import DETECTOR_INFO as DETECTOR
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def frame(mark: int, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
+    """A one-frame batch whose first value names it (the patched client answers with it)."""
+    t = np.zeros((1, 3, *shape), np.uint8)
+    t[0, 0, 0, 0] = mark
+    return t
+
+
+def patched_client(delay_s: float = 0.0) -> tuple[AsyncMock, list[tuple[str, list[int]]]]:
+    """A client answering each frame with its own mark; ``sent`` records every request's model and marks."""
+    sent: list[tuple[str, list[int]]] = []
+    client = AsyncMock(spec=TritonClient)
+
+    async def classify(info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[ClassScore]], str]:
+        sent.append((info.name, [int(m) for m in batch[:, 0, 0, 0]]))
+        await asyncio.sleep(delay_s)
+        rows = [[ClassScore(index=int(m), label=str(m), probability=1.0)] * top_k for m in batch[:, 0, 0, 0]]
+        return rows, "1"
+
+    async def detect(info: ModelInfo, batch: np.ndarray) -> tuple[list[Detections], str]:
+        sent.append((info.name, [int(m) for m in batch[:, 0, 0, 0]]))
+        empty = np.zeros((0,), np.float32)
+        return [Detections(np.full((1, 4), m, np.float32), empty, empty) for m in batch[:, 0, 0, 0]], "1"
+
+    client.classify.side_effect = classify
+    client.detect.side_effect = detect
+    return client, sent
+
+
+async def gather(*calls: Any) -> list[Any]:
+    return list(await asyncio.gather(*calls))
+
+
+def test_frames_within_the_window_share_one_request_and_each_gets_its_own_row() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=50, max_size=8)
+
+    async def run() -> list[Any]:
+        first = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 2))
+        await asyncio.sleep(0.01)  # a second stream's frame, later but within the window
+        return await gather(first, batcher.classify(CLASSIFIER, frame(2), 2), batcher.classify(CLASSIFIER, frame(3), 2))
+
+    answers = asyncio.run(run())
+    assert sent == [("mobilenet_v3_small", [1, 2, 3])], "one request carries the three frames"
+    assert [a.row[0].index for a in answers] == [1, 2, 3], "each frame gets the row of its own image"
+    assert all(len(a.row) == 2 and a.size == 3 and a.version == "1" for a in answers)
+    assert answers[0].queued_ms >= 40, f"the first frame waited the window: {answers[0].queued_ms:.1f} ms"
+    assert answers[2].queued_ms < answers[0].queued_ms, "later frames wait less"
+
+
+def test_a_full_batch_goes_at_once_and_the_rest_start_the_next() -> None:
+    client, sent = patched_client()
+    sizes: list[tuple[str, int]] = []
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=3, on_batch=lambda m, n: sizes.append((m, n)))
+
+    async def run() -> list[Any]:
+        t0 = time.monotonic()
+        answers = await gather(*(batcher.classify(CLASSIFIER, frame(i), 1) for i in range(6)))
+        assert time.monotonic() - t0 < 5, "full batches do not wait out a minute-long window"
+        return answers
+
+    answers = asyncio.run(run())
+    assert sent == [("mobilenet_v3_small", [0, 1, 2]), ("mobilenet_v3_small", [3, 4, 5])]
+    assert sizes == [("mobilenet_v3_small", 3)] * 2, "each request's size is reported"
+    assert [a.row[0].index for a in answers] == list(range(6))
+
+
+def test_a_batch_is_never_larger_than_the_model_allows() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=8)
+    small = replace(CLASSIFIER, max_batch_size=2)
+    unbatched = replace(CLASSIFIER, name="no_batching", max_batch_size=0)
+
+    async def run() -> None:
+        await gather(*(batcher.classify(small, frame(i), 1) for i in range(4)))
+        await gather(*(batcher.classify(unbatched, frame(i), 1) for i in range(2)))
+
+    asyncio.run(run())
+    assert [marks for _, marks in sent] == [[0, 1], [2, 3], [0], [1]], "max_batch_size 2, then 0: one at a time"
+
+
+def test_frames_only_share_a_request_with_the_same_model_version_top_k_and_shape() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=30, max_size=8)
+    v2 = replace(CLASSIFIER, version="2")
+
+    async def run() -> list[Any]:
+        return await gather(
+            batcher.classify(CLASSIFIER, frame(1), 1),
+            batcher.classify(CLASSIFIER, frame(2), 5),
+            batcher.classify(v2, frame(3), 1),
+            batcher.detect(DETECTOR, frame(4, (8, 8))),
+            batcher.detect(DETECTOR, frame(5, (6, 8))),
+            batcher.detect(DETECTOR, frame(6, (8, 8))),
+            batcher.classify(CLASSIFIER, frame(7), 1),
+        )
+
+    answers = asyncio.run(run())
+    assert sorted(marks for _, marks in sent) == [[1, 7], [2], [3], [4, 6], [5]], sent
+    assert float(answers[3].row.boxes[0, 0]) == 4 and float(answers[5].row.boxes[0, 0]) == 6
+
+
+def test_a_failed_request_fails_each_of_its_frames() -> None:
+    client, _ = patched_client()
+    client.classify.side_effect = InferenceTimeout("Triton did not answer inference within 2s")
+    batcher = FrameBatcher(client, window_ms=20, max_size=8)
+
+    async def run() -> list[Any]:
+        calls = (batcher.classify(CLASSIFIER, frame(i), 1) for i in range(3))
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    errors = asyncio.run(run())
+    assert client.classify.await_count == 1, "one request, retried (or not) by the client as one"
+    assert all(isinstance(e, InferenceTimeout) for e in errors), errors
+
+
+def test_a_frame_whose_stream_stopped_while_waiting_is_left_out() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=50, max_size=8)
+
+    async def run() -> Any:
+        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
+        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await kept
+
+    assert asyncio.run(run()).row[0].index == 2
+    assert sent == [("mobilenet_v3_small", [2])]
+
+
+def test_a_stream_stopping_while_its_request_is_in_flight_leaves_the_others_their_answers() -> None:
+    client, sent = patched_client(delay_s=0.1)
+    batcher = FrameBatcher(client, window_ms=10, max_size=8)
+
+    async def run() -> Any:
+        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
+        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1))
+        await asyncio.sleep(0.05)  # sent, not answered
+        gone.cancel()
+        return await kept
+
+    assert asyncio.run(run()).row[0].index == 2
+    assert sent == [("mobilenet_v3_small", [1, 2])]
+
+
+def test_stop_fails_waiting_and_in_flight_frames_and_refuses_new_ones() -> None:
+    client, _ = patched_client(delay_s=30)
+    batcher = FrameBatcher(client, window_ms=10, max_size=8)
+
+    async def run() -> list[Any]:
+        in_flight = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(batcher.classify(replace(CLASSIFIER, version="2"), frame(2), 1))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        await batcher.stop()  # idempotent
+        late = batcher.classify(CLASSIFIER, frame(3), 1)
+        return list(await asyncio.gather(in_flight, waiting, late, return_exceptions=True))
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(o, InferenceUnavailable) and "shutting down" in o.message for o in outcomes), outcomes
+
+
+def test_a_zero_window_sends_each_frame_alone() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=0, max_size=8)
+    assert not batcher.enabled
+
+    async def run() -> None:
+        await gather(*(batcher.classify(CLASSIFIER, frame(i), 1) for i in range(3)))
+
+    asyncio.run(run())
+    assert [marks for _, marks in sent] == [[0], [1], [2]]
+
+
+def predictor_with(batcher_window_ms: float) -> tuple[Predictor, AsyncMock, list[tuple[str, list[int]]]]:
+    client, sent = patched_client()
+    client.model_info.side_effect = lambda name, version="": CLASSIFIER
+    s = Settings()
+    batcher = FrameBatcher(client, window_ms=batcher_window_ms, max_size=8)
+    return Predictor(s, client, ModelCatalog(s, client), ThreadPoolExecutor(2), batcher), client, sent
+
+
+def test_stream_frames_go_through_the_batcher_and_report_their_wait() -> None:
+    predictor, _, sent = predictor_with(batcher_window_ms=40)
+    frames = [np.full((360, 640, 3), 10 * i, np.uint8) for i in range(3)]
+
+    async def run() -> list[Any]:
+        return await gather(*(predictor.predict_frame(f, source_size=(640, 360)) for f in frames))
+
+    outcomes = asyncio.run(run())
+    assert len(sent) == 1 and len(sent[0][1]) == 3, f"the three streams' frames share one request: {sent}"
+    assert all(isinstance(o.result, ClassificationResult) for o in outcomes)
+    assert max(o.batch_ms for o in outcomes) >= 10, [o.batch_ms for o in outcomes]
+    assert all(o.inference_ms >= 0 for o in outcomes)
+
+
+def test_uploads_are_never_held_back_for_a_batch() -> None:
+    from harness.helpers import encode, scene
+
+    predictor, client, sent = predictor_with(batcher_window_ms=60_000)
+    out = asyncio.run(predictor.predict(encode(scene(320, 240), "JPEG")))
+    assert out.batch_ms == 0 and len(sent) == 1 and client.classify.await_count == 1
