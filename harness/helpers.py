@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedded_triton.server import die_with_parent
 from gateway.inference.model import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,9 @@ class GatewayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # SIGTERM when this process dies, even by a signal that skips its clean-up (a benchmark killed
+                # with SIGTERM left its gateway running): what embedded_triton does for Triton
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
             )
 
         def up() -> bool:

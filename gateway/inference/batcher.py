@@ -16,8 +16,12 @@ batched: a single caller would pay the window.
 
 A batch is the frames of one model version, task, ``top_k`` and tensor shape (a
 detector's frames differ in size per stream); it is sent when it is full
-(``ingest.batch_max``, at most the model's ``max_batch_size``) or when its first frame
-has waited the window.  One send failing fails each of its frames as that one call
+(``ingest.batch_max``, at most the model's ``max_batch_size``), when its first frame
+has waited the window, or as soon as no other frame can join: every stream that sent
+the model a frame in the last ``ACTIVE_S`` seconds has one waiting or in flight (a
+stream has one frame in inference at a time).  So one camera, or a few fast ones, never
+wait for frames that cannot come: a single 50 fps stream sent alone would otherwise
+lose half its rate to the window.  One send failing fails each of its frames as that one call
 would have (the client retries it as one request); a frame whose stream stopped while
 it waited is left out, or its answer dropped.  Batches in flight are not limited here:
 each waits at most the request deadline, and the frames come from a bounded set of
@@ -43,6 +47,7 @@ from gateway.schema import ClassScore
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+ACTIVE_S = 5.0  # a stream that sent a model a frame this recently may send the next
 SizeHook = Callable[[str, int], None]  # (model, frames in the batch): observed by the caller
 
 
@@ -89,20 +94,24 @@ class FrameBatcher:
         self._open: dict[Key, _Batch] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._stopped = False
+        self._recent: dict[str, dict[str, float]] = {}  # model -> stream -> when it last sent a frame
+        self._busy: dict[str, int] = {}  # model -> frames waiting or in flight
 
     @property
     def enabled(self) -> bool:
         return self._window_s > 0 and self._max_size > 1
 
-    async def classify(self, info: ModelInfo, tensor: np.ndarray, top_k: int) -> Batched[list[ClassScore]]:
-        """Top-k of one frame (``[1, C, H, W]``), sent with the frames that join it."""
-        return await self._submit(info, tensor, top_k)
+    async def classify(
+        self, info: ModelInfo, tensor: np.ndarray, top_k: int, *, stream: str
+    ) -> Batched[list[ClassScore]]:
+        """Top-k of one frame (``[1, C, H, W]``) of ``stream``, sent with the frames that join it."""
+        return await self._submit(info, tensor, top_k, stream)
 
-    async def detect(self, info: ModelInfo, tensor: np.ndarray) -> Batched[Detections]:
-        """Detections of one frame (``[1, C, H, W]``), sent with the frames that join it."""
-        return await self._submit(info, tensor, 0)
+    async def detect(self, info: ModelInfo, tensor: np.ndarray, *, stream: str) -> Batched[Detections]:
+        """Detections of one frame (``[1, C, H, W]``) of ``stream``, sent with the frames that join it."""
+        return await self._submit(info, tensor, 0, stream)
 
-    async def _submit(self, info: ModelInfo, tensor: np.ndarray, top_k: int) -> Batched[Any]:
+    async def _submit(self, info: ModelInfo, tensor: np.ndarray, top_k: int, stream: str) -> Batched[Any]:
         if self._stopped:
             raise InferenceUnavailable("the gateway is shutting down")
         if tensor.shape[0] != 1:
@@ -115,11 +124,30 @@ class FrameBatcher:
             batch = self._open[key] = _Batch(info, top_k, max(1, limit))
         waiting = _Waiting(tensor, loop.create_future(), time.perf_counter())
         batch.items.append(waiting)
-        if len(batch.items) >= batch.limit or not self.enabled:
-            self._flush(key)
-        elif batch.timer is None:
-            batch.timer = loop.call_later(self._window_s, self._flush, key)
-        return await waiting.future
+        model = info.name
+        self._busy[model] = self._busy.get(model, 0) + 1
+        try:
+            everyone_in = self._everyone_in(model, stream, loop.time())
+            if not self.enabled or len(batch.items) >= batch.limit:
+                self._flush(key)
+            elif everyone_in:
+                for other in [k for k in self._open if k[0] == model]:
+                    self._flush(other)
+            elif batch.timer is None:
+                batch.timer = loop.call_later(self._window_s, self._flush, key)
+            return await waiting.future
+        finally:
+            self._busy[model] -= 1
+
+    def _everyone_in(self, model: str, stream: str, now: float) -> bool:
+        """``stream`` sent ``model`` a frame now: has every stream that did so recently one waiting
+        or in flight?"""
+        recent = self._recent.setdefault(model, {})
+        recent[stream] = now
+        if len(recent) > self._busy[model]:  # prune only when it may matter
+            for s in [s for s, at in recent.items() if now - at > ACTIVE_S]:
+                del recent[s]
+        return self._busy[model] >= len(recent)
 
     def _flush(self, key: Key) -> None:
         batch = self._open.pop(key, None)

@@ -21,7 +21,7 @@ from PIL import Image
 from gateway.config import Settings
 from gateway.errors import BadRequest, InferenceFailed, ModelDegraded
 from gateway.inference import postprocess
-from gateway.inference.batcher import FrameBatcher
+from gateway.inference.batcher import Batched, FrameBatcher
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
 from gateway.inference.model import ModelInfo
@@ -100,16 +100,16 @@ class Predictor:
         return Outcome(result, decode_ms, preprocess_ms, inference_ms)
 
     async def predict_frame(
-        self, bgr: np.ndarray, *, source_size: tuple[int, int] = (0, 0), model: str | None = None
+        self, bgr: np.ndarray, *, stream: str, source_size: tuple[int, int] = (0, 0), model: str | None = None
     ) -> Outcome:
-        """A decoded video frame (H x W x 3 BGR from ingest, resized from ``source_size``)."""
+        """A decoded video frame of ``stream`` (H x W x 3 BGR from ingest, resized from ``source_size``)."""
         info = await self._catalog.get(model or self._settings.model)
         k = min(self._settings.top_k, info.num_classes)
         loop = asyncio.get_running_loop()
         (batch, geometry), preprocess_ms = await loop.run_in_executor(
             self._executor, _timed, prepare_frame, bgr, source_size, info, self._settings.preprocess
         )
-        result, inference_ms, batch_ms = await self._infer(info, batch, geometry, k, self.options(), frame=True)
+        result, inference_ms, batch_ms = await self._infer(info, batch, geometry, k, self.options(), stream=stream)
         return Outcome(result, 0.0, preprocess_ms, inference_ms, batch_ms)
 
     async def probe(self, name: str) -> None:
@@ -140,12 +140,17 @@ class Predictor:
 
     # --- Triton ----------------------------------------------------------------------------------
 
-    async def _ask(self, info: ModelInfo, batch: np.ndarray, top_k: int, frame: bool) -> tuple[Any, str, float, float]:
+    async def _ask(
+        self, info: ModelInfo, batch: np.ndarray, top_k: int, stream: str | None
+    ) -> tuple[Any, str, float, float]:
         """One image's raw answer (``Detections`` or a list of ``ClassScore``), the version that
-        answered, the time it waited for a batch, and the Triton call's time (ms)."""
-        if frame and self._batcher is not None:
-            detection = info.task == "detection"
-            b = await (self._batcher.detect(info, batch) if detection else self._batcher.classify(info, batch, top_k))
+        answered, the time it waited for a batch, and the Triton call's time (ms).  Frames of a
+        ``stream`` go through the batcher, when there is one."""
+        if stream is not None and self._batcher is not None:
+            if info.task == "detection":
+                b: Batched[Any] = await self._batcher.detect(info, batch, stream=stream)
+            else:
+                b = await self._batcher.classify(info, batch, top_k, stream=stream)
             return b.row, b.version, b.queued_ms, b.call_ms
         t0 = time.perf_counter()
         if info.task == "detection":
@@ -162,11 +167,11 @@ class Predictor:
         top_k: int,
         options: DetectOptions,
         *,
-        frame: bool = False,
+        stream: str | None = None,
     ) -> tuple[ClassificationResult | DetectionResult, float, float]:
         """The result, the Triton call's time and the batching wait (ms)."""
         try:
-            row, version, batch_ms, ms = await self._ask(info, batch, top_k, frame)
+            row, version, batch_ms, ms = await self._ask(info, batch, top_k, stream)
             self._catalog.mark_healthy(info.name)
             task, info = info.task, await self._catalog.served_by(info, version)
             if task == "detection":

@@ -193,7 +193,9 @@ class StreamWorker:
         started = time.monotonic()
         self.counters.inferences += 1
         try:
-            out = await self._predictor.predict_frame(frame.image, source_size=frame.source_size, model=self.model)
+            out = await self._predictor.predict_frame(
+                frame.image, stream=self.id, source_size=frame.source_size, model=self.model
+            )
         except InferenceUnavailable as e:  # also InferenceTimeout, ModelDegraded
             degraded = isinstance(e, ModelDegraded)
             self._failed("timeout" if isinstance(e, InferenceTimeout) else "crashed_instance" if degraded else "triton")

@@ -25,19 +25,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def batched(triton: EmbeddedTriton, model: str, tensors: list[np.ndarray]) -> tuple[list[Any], list[int]]:
-    """Each one-frame tensor sent at once through one batcher (a long window, so they all meet);
-    the answers in order, and the size of every request sent."""
+    """Each one-frame tensor sent at once, as one frame of its own stream, through one batcher
+    (a long window; a first round makes the streams known, so they all wait for each other);
+    the answers of the second round in order, and the size of every request it sent."""
     sizes: list[int] = []
 
     async def run() -> list[Any]:
         client = TritonClient(TritonSettings(url=triton.grpc_url, request_timeout_s=60))
         await client.start()
-        batcher = FrameBatcher(client, window_ms=2_000, max_size=len(tensors), on_batch=lambda m, n: sizes.append(n))
+        batcher = FrameBatcher(client, window_ms=5_000, max_size=len(tensors), on_batch=lambda m, n: sizes.append(n))
         try:
             info = await ModelCatalog(Settings(), client).get(model)
-            if info.task == "detection":
-                return [b.row for b in await asyncio.gather(*(batcher.detect(info, t) for t in tensors))]
-            return [b.row for b in await asyncio.gather(*(batcher.classify(info, t, 5) for t in tensors))]
+
+            async def one(i: int, t: np.ndarray) -> Any:
+                if info.task == "detection":
+                    return (await batcher.detect(info, t, stream=f"s{i}")).row
+                return (await batcher.classify(info, t, 5, stream=f"s{i}")).row
+
+            await asyncio.gather(*(one(i, t) for i, t in enumerate(tensors)))
+            sizes.clear()
+            return list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tensors))))
         finally:
             await batcher.stop()
             await client.stop()

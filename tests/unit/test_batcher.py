@@ -1,5 +1,6 @@
 """The frame batcher with the Triton client patched: which frames share a request, when it is
-sent, and what each frame gets back when the request fails or its stream stops."""
+sent (full, the window out, or every recent stream already in), and what each frame gets
+back when the request fails or its stream stops."""
 
 from __future__ import annotations
 
@@ -35,13 +36,15 @@ def frame(mark: int, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
 
 
 def patched_client(delay_s: float = 0.0) -> tuple[AsyncMock, list[tuple[str, list[int]]]]:
-    """A client answering each frame with its own mark; ``sent`` records every request's model and marks."""
+    """A client answering each frame with its own mark; ``sent`` records every request's model and
+    marks.  ``delay_s``: how long it takes to answer, except a request of mark-0 frames (at once)."""
     sent: list[tuple[str, list[int]]] = []
     client = AsyncMock(spec=TritonClient)
 
     async def classify(info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[ClassScore]], str]:
         sent.append((info.name, [int(m) for m in batch[:, 0, 0, 0]]))
-        await asyncio.sleep(delay_s)
+        if batch[:, 0, 0, 0].any():
+            await asyncio.sleep(delay_s)
         rows = [[ClassScore(index=int(m), label=str(m), probability=1.0)] * top_k for m in batch[:, 0, 0, 0]]
         return rows, "1"
 
@@ -59,14 +62,32 @@ async def gather(*calls: Any) -> list[Any]:
     return list(await asyncio.gather(*calls))
 
 
+async def known(batcher: FrameBatcher, info: ModelInfo, *streams: str) -> None:
+    """``streams`` have sent ``info``'s model a (mark 0) frame: the batcher counts them as streams
+    that may send the next, so frames of the others wait for them."""
+    calls = (
+        batcher.detect(info, frame(0), stream=s)
+        if info.task == "detection"
+        else batcher.classify(info, frame(0), 1, stream=s)
+        for s in streams
+    )
+    await gather(*calls)
+
+
 def test_frames_within_the_window_share_one_request_and_each_gets_its_own_row() -> None:
     client, sent = patched_client()
     batcher = FrameBatcher(client, window_ms=50, max_size=8)
 
     async def run() -> list[Any]:
-        first = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 2))
+        await known(batcher, CLASSIFIER, "idle")  # a fourth stream, whose next frame may come
+        sent.clear()
+        first = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 2, stream="a"))
         await asyncio.sleep(0.01)  # a second stream's frame, later but within the window
-        return await gather(first, batcher.classify(CLASSIFIER, frame(2), 2), batcher.classify(CLASSIFIER, frame(3), 2))
+        return await gather(
+            first,
+            batcher.classify(CLASSIFIER, frame(2), 2, stream="b"),
+            batcher.classify(CLASSIFIER, frame(3), 2, stream="c"),
+        )
 
     answers = asyncio.run(run())
     assert sent == [("mobilenet_v3_small", [1, 2, 3])], "one request carries the three frames"
@@ -76,21 +97,54 @@ def test_frames_within_the_window_share_one_request_and_each_gets_its_own_row() 
     assert answers[2].queued_ms < answers[0].queued_ms, "later frames wait less"
 
 
+def test_a_lone_stream_never_waits_for_frames_that_cannot_come() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=8)
+
+    async def run() -> list[Any]:
+        return [await batcher.classify(CLASSIFIER, frame(i), 1, stream="only") for i in range(1, 6)]
+
+    t0 = time.monotonic()
+    answers = asyncio.run(run())
+    assert time.monotonic() - t0 < 5, "a minute-long window is not waited out by the only stream"
+    assert [marks for _, marks in sent] == [[1], [2], [3], [4], [5]]
+    assert all(a.queued_ms < 1000 for a in answers)
+
+
+def test_once_every_recent_stream_has_a_frame_in_the_batch_goes_at_once() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=8)
+
+    async def run() -> list[Any]:
+        await known(batcher, CLASSIFIER, "a", "b", "c")
+        sent.clear()
+        return await gather(*(batcher.classify(CLASSIFIER, frame(i), 1, stream=s) for i, s in enumerate("abc", 1)))
+
+    t0 = time.monotonic()
+    answers = asyncio.run(run())
+    assert time.monotonic() - t0 < 5, "nobody else can join: the window is not waited out"
+    assert sent == [("mobilenet_v3_small", [1, 2, 3])]
+    assert [a.size for a in answers] == [3, 3, 3]
+
+
 def test_a_full_batch_goes_at_once_and_the_rest_start_the_next() -> None:
     client, sent = patched_client()
     sizes: list[tuple[str, int]] = []
     batcher = FrameBatcher(client, window_ms=60_000, max_size=3, on_batch=lambda m, n: sizes.append((m, n)))
 
     async def run() -> list[Any]:
+        await known(batcher, CLASSIFIER, "idle")
+        sent.clear()
+        sizes.clear()
         t0 = time.monotonic()
-        answers = await gather(*(batcher.classify(CLASSIFIER, frame(i), 1) for i in range(6)))
+        answers = await gather(*(batcher.classify(CLASSIFIER, frame(i), 1, stream=f"s{i}") for i in range(1, 7)))
         assert time.monotonic() - t0 < 5, "full batches do not wait out a minute-long window"
         return answers
 
     answers = asyncio.run(run())
-    assert sent == [("mobilenet_v3_small", [0, 1, 2]), ("mobilenet_v3_small", [3, 4, 5])]
+    assert sent == [("mobilenet_v3_small", [1, 2, 3]), ("mobilenet_v3_small", [4, 5, 6])]
     assert sizes == [("mobilenet_v3_small", 3)] * 2, "each request's size is reported"
-    assert [a.row[0].index for a in answers] == list(range(6))
+    assert [a.row[0].index for a in answers] == list(range(1, 7))
 
 
 def test_a_batch_is_never_larger_than_the_model_allows() -> None:
@@ -100,11 +154,13 @@ def test_a_batch_is_never_larger_than_the_model_allows() -> None:
     unbatched = replace(CLASSIFIER, name="no_batching", max_batch_size=0)
 
     async def run() -> None:
-        await gather(*(batcher.classify(small, frame(i), 1) for i in range(4)))
-        await gather(*(batcher.classify(unbatched, frame(i), 1) for i in range(2)))
+        await known(batcher, small, "idle")
+        sent.clear()
+        await gather(*(batcher.classify(small, frame(i), 1, stream=f"s{i}") for i in range(1, 5)))
+        await gather(*(batcher.classify(unbatched, frame(i), 1, stream=f"s{i}") for i in range(1, 3)))
 
     asyncio.run(run())
-    assert [marks for _, marks in sent] == [[0, 1], [2, 3], [0], [1]], "max_batch_size 2, then 0: one at a time"
+    assert [marks for _, marks in sent] == [[1, 2], [3, 4], [1], [2]], "max_batch_size 2, then 0: one at a time"
 
 
 def test_frames_only_share_a_request_with_the_same_model_version_top_k_and_shape() -> None:
@@ -113,14 +169,17 @@ def test_frames_only_share_a_request_with_the_same_model_version_top_k_and_shape
     v2 = replace(CLASSIFIER, version="2")
 
     async def run() -> list[Any]:
+        await known(batcher, CLASSIFIER, "idle")
+        await known(batcher, DETECTOR, "idle")
+        sent.clear()
         return await gather(
-            batcher.classify(CLASSIFIER, frame(1), 1),
-            batcher.classify(CLASSIFIER, frame(2), 5),
-            batcher.classify(v2, frame(3), 1),
-            batcher.detect(DETECTOR, frame(4, (8, 8))),
-            batcher.detect(DETECTOR, frame(5, (6, 8))),
-            batcher.detect(DETECTOR, frame(6, (8, 8))),
-            batcher.classify(CLASSIFIER, frame(7), 1),
+            batcher.classify(CLASSIFIER, frame(1), 1, stream="s1"),
+            batcher.classify(CLASSIFIER, frame(2), 5, stream="s2"),
+            batcher.classify(v2, frame(3), 1, stream="s3"),
+            batcher.detect(DETECTOR, frame(4, (8, 8)), stream="s4"),
+            batcher.detect(DETECTOR, frame(5, (6, 8)), stream="s5"),
+            batcher.detect(DETECTOR, frame(6, (8, 8)), stream="s6"),
+            batcher.classify(CLASSIFIER, frame(7), 1, stream="s7"),
         )
 
     answers = asyncio.run(run())
@@ -130,11 +189,13 @@ def test_frames_only_share_a_request_with_the_same_model_version_top_k_and_shape
 
 def test_a_failed_request_fails_each_of_its_frames() -> None:
     client, _ = patched_client()
-    client.classify.side_effect = InferenceTimeout("Triton did not answer inference within 2s")
     batcher = FrameBatcher(client, window_ms=20, max_size=8)
 
     async def run() -> list[Any]:
-        calls = (batcher.classify(CLASSIFIER, frame(i), 1) for i in range(3))
+        await known(batcher, CLASSIFIER, "idle")
+        client.classify.reset_mock()
+        client.classify.side_effect = InferenceTimeout("Triton did not answer inference within 2s")
+        calls = (batcher.classify(CLASSIFIER, frame(i), 1, stream=f"s{i}") for i in range(1, 4))
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     errors = asyncio.run(run())
@@ -147,8 +208,10 @@ def test_a_frame_whose_stream_stopped_while_waiting_is_left_out() -> None:
     batcher = FrameBatcher(client, window_ms=50, max_size=8)
 
     async def run() -> Any:
-        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
-        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1))
+        await known(batcher, CLASSIFIER, "idle")
+        sent.clear()
+        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1, stream="gone"))
+        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1, stream="kept"))
         await asyncio.sleep(0)
         gone.cancel()
         return await kept
@@ -162,8 +225,10 @@ def test_a_stream_stopping_while_its_request_is_in_flight_leaves_the_others_thei
     batcher = FrameBatcher(client, window_ms=10, max_size=8)
 
     async def run() -> Any:
-        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
-        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1))
+        await known(batcher, CLASSIFIER, "idle")
+        sent.clear()
+        gone = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1, stream="gone"))
+        kept = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(2), 1, stream="kept"))
         await asyncio.sleep(0.05)  # sent, not answered
         gone.cancel()
         return await kept
@@ -173,21 +238,23 @@ def test_a_stream_stopping_while_its_request_is_in_flight_leaves_the_others_thei
 
 
 def test_stop_fails_waiting_and_in_flight_frames_and_refuses_new_ones() -> None:
-    client, _ = patched_client(delay_s=30)
+    client, sent = patched_client(delay_s=30)
     batcher = FrameBatcher(client, window_ms=10, max_size=8)
 
     async def run() -> list[Any]:
-        in_flight = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1))
+        await known(batcher, CLASSIFIER, "idle")
+        in_flight = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1, stream="a"))
         await asyncio.sleep(0.05)
-        waiting = asyncio.ensure_future(batcher.classify(replace(CLASSIFIER, version="2"), frame(2), 1))
+        waiting = asyncio.ensure_future(batcher.classify(replace(CLASSIFIER, version="2"), frame(2), 1, stream="b"))
         await asyncio.sleep(0)
         await batcher.stop()
         await batcher.stop()  # idempotent
-        late = batcher.classify(CLASSIFIER, frame(3), 1)
+        late = batcher.classify(CLASSIFIER, frame(3), 1, stream="c")
         return list(await asyncio.gather(in_flight, waiting, late, return_exceptions=True))
 
     outcomes = asyncio.run(run())
     assert all(isinstance(o, InferenceUnavailable) and "shutting down" in o.message for o in outcomes), outcomes
+    assert [marks for _, marks in sent] == [[0], [1]], "frame 2 was still waiting when the batcher stopped"
 
 
 def test_a_zero_window_sends_each_frame_alone() -> None:
@@ -196,10 +263,12 @@ def test_a_zero_window_sends_each_frame_alone() -> None:
     assert not batcher.enabled
 
     async def run() -> None:
-        await gather(*(batcher.classify(CLASSIFIER, frame(i), 1) for i in range(3)))
+        await known(batcher, CLASSIFIER, "idle")
+        sent.clear()
+        await gather(*(batcher.classify(CLASSIFIER, frame(i), 1, stream=f"s{i}") for i in range(1, 4)))
 
     asyncio.run(run())
-    assert [marks for _, marks in sent] == [[0], [1], [2]]
+    assert [marks for _, marks in sent] == [[1], [2], [3]]
 
 
 def predictor_with(batcher_window_ms: float) -> tuple[Predictor, AsyncMock, list[tuple[str, list[int]]]]:
@@ -211,17 +280,20 @@ def predictor_with(batcher_window_ms: float) -> tuple[Predictor, AsyncMock, list
 
 
 def test_stream_frames_go_through_the_batcher_and_report_their_wait() -> None:
-    predictor, _, sent = predictor_with(batcher_window_ms=40)
+    predictor, _, sent = predictor_with(batcher_window_ms=1_000)
     frames = [np.full((360, 640, 3), 10 * i, np.uint8) for i in range(3)]
 
     async def run() -> list[Any]:
-        return await gather(*(predictor.predict_frame(f, source_size=(640, 360)) for f in frames))
+        calls = (predictor.predict_frame(f, stream=f"s{i}", source_size=(640, 360)) for i, f in enumerate(frames))
+        return await gather(*calls)
 
+    asyncio.run(run())  # the streams' first frames: each stream becomes known
+    sent.clear()
     outcomes = asyncio.run(run())
     assert len(sent) == 1 and len(sent[0][1]) == 3, f"the three streams' frames share one request: {sent}"
     assert all(isinstance(o.result, ClassificationResult) for o in outcomes)
-    assert max(o.batch_ms for o in outcomes) >= 10, [o.batch_ms for o in outcomes]
-    assert all(o.inference_ms >= 0 for o in outcomes)
+    assert max(o.batch_ms for o in outcomes) > 0, [o.batch_ms for o in outcomes]
+    assert max(o.batch_ms for o in outcomes) < 900, "the last stream's frame completed the batch: no window"
 
 
 def test_uploads_are_never_held_back_for_a_batch() -> None:

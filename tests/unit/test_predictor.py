@@ -83,7 +83,7 @@ def test_a_refusal_from_triton_drops_the_cached_facts() -> None:
 
 def test_a_stream_frame_reports_the_camera_size() -> None:
     predictor, _, _ = rig()
-    out = asyncio.run(predictor.predict_frame(np.zeros((360, 640, 3), np.uint8), source_size=(1920, 1080)))
+    out = asyncio.run(predictor.predict_frame(np.zeros((360, 640, 3), np.uint8), stream="s", source_size=(1920, 1080)))
     assert (out.result.image.width, out.result.image.height) == (1920, 1080) and out.decode_ms == 0
 
 
