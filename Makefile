@@ -159,7 +159,7 @@ TRITON_ARGS = --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(
 DEMO_CLIP := build/demo/demo.mp4
 DEMO_ENV = $(if $(APP_CONFIG)$(APP_DEMO__ENABLED),,APP_DEMO__ENABLED=true APP_DEMO__PATH=$(DEMO_CLIP))
 
-$(DEMO_CLIP): $(VENV)/.installed
+$(DEMO_CLIP): $(VENV)/.installed gateway/ingest/demo.py
 	$(PY) -m gateway.ingest.demo $@
 
 run: setup model $(DEMO_CLIP) ## Set up, export, start the embedded Triton and the gateway on :$(PORT) (viewer at /)

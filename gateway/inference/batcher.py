@@ -6,7 +6,7 @@ carries: the aio gRPC call on the gateway's event loop, Triton's request handlin
 on the CPU build, the python backend's round trip to its stub.  Measured on the 2-core
 build machine (MobileNetV3-Small, embedded Triton; docs/benchmarks.md, "Frames of
 several streams in one request"): a request of 8 images costs ~5 ms of CPU per image,
-client and server, where 8 requests of one cost ~10; 48 cameras at 1 fps cost 0.15-0.23
+client and server, where 8 requests of one cost ~10; 48 cameras at 1 fps cost 0.11-0.23
 cores less with the 25 ms default (``python -m bench.stream_density --batch-windows
 0,25``).  Cameras are sampled out of phase, so their requests seldom meet in Triton's
 dynamic batcher (its queue delay is 100 µs); here they wait up to

@@ -4,7 +4,9 @@
 ``GET /stream`` show live predictions in the first minute.  The clip is drawn with
 OpenCV (already the reader's library): colour bars, a ball and a block that move, a
 clock and a frame counter, so that every sampled frame differs from the last and the
-predictions change.  MPEG-4 Part 2 (``mp4v``), the encoder OpenCV's wheel carries.
+predictions change.  Encoded as cameras send video: H.264 (libx264, through PyAV, the
+reader's library), a keyframe every second, no B-frames; so the demo runs the reader
+paths a camera does (keyframe mode at or below 1 fps).
 
 ``python -m gateway.ingest.demo PATH`` writes it (what ``make run`` does at set-up);
 the gateway writes it itself on first use when the file is missing.
@@ -19,6 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -57,14 +60,17 @@ def write_clip(path: Path, seconds: int = SECONDS, fps: int = FPS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
     os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
     try:
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write an mp4v clip to {tmp}")
-        for i in range(seconds * fps):
-            writer.write(card_frame(i, fps=fps))
-    finally:
-        writer.release()
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            stream.options = {"g": str(fps), "keyint_min": str(fps), "bf": "0", "sc_threshold": "0", "preset": "fast"}
+            for i in range(seconds * fps):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(card_frame(i, fps=fps), format="bgr24")))
+            container.mux(stream.encode(None))  # flush the encoder
+    except BaseException:
+        os.unlink(tmp)
+        raise
     os.chmod(tmp, 0o644)  # mkstemp made it private
     os.replace(tmp, path)
     return path

@@ -6,6 +6,7 @@ import asyncio
 import re
 from pathlib import Path
 
+import av
 import cv2
 import httpx
 import numpy as np
@@ -60,6 +61,17 @@ def test_the_demo_clip_is_a_video_the_reader_opens(tmp_path: Path) -> None:
         assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (WIDTH, HEIGHT)
     finally:
         cap.release()
+    # encoded as cameras send: H.264, a keyframe every second, no B-frames
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        assert video.codec_context.name == "h264"
+        keyframes = [i for i, packet in enumerate(container.demux(video)) if packet.is_keyframe]
+    assert keyframes == [0], f"a 1 s clip has one keyframe, at its start: {keyframes}"
+    two = write_clip(tmp_path / "two.mp4", seconds=2)
+    with av.open(str(two)) as container:
+        video = container.streams.video[0]
+        assert [i for i, p in enumerate(container.demux(video)) if p.is_keyframe] == [0, FPS]
+        assert not video.codec_context.has_b_frames
     # the frames move: predictions on it change
     assert not np.array_equal(card_frame(0), card_frame(FPS))
     assert oct(path.stat().st_mode & 0o777) == "0o644"
