@@ -271,8 +271,8 @@ class IngestSettings(_Section):
         ge=0,
         le=1000,
         description="Stream frames of one model that become ready within this window go to Triton as one request "
-        "(sent sooner when batch_max frames are waiting, or when every stream recently active on the model has a "
-        "frame waiting or in flight): each frame waits at most this long, and a request's fixed cost is shared.  "
+        "(sent sooner when batch_max frames are waiting, or when no other stream's frame is due before the window "
+        "ends): each frame waits at most this long, and a request's fixed cost is shared.  "
         "0: every frame is a request of its own.  Uploads are never held back.",
     )
     batch_max: int = Field(

@@ -17,15 +17,22 @@ batched: a single caller would pay the window.
 A batch is the frames of one model version, task, ``top_k`` and tensor shape (a
 detector's frames differ in size per stream); it is sent when it is full
 (``ingest.batch_max``, at most the model's ``max_batch_size``), when its first frame
-has waited the window, or as soon as no other frame can join: every stream that sent
-the model a frame in the last ``ACTIVE_S`` seconds has one waiting or in flight (a
-stream has one frame in inference at a time).  So one camera, or a few fast ones, never
-wait for frames that cannot come: a single 50 fps stream sent alone would otherwise
-lose half its rate to the window.  One send failing fails each of its frames as that one call
-would have (the client retries it as one request); a frame whose stream stopped while
-it waited is left out, or its answer dropped.  Batches in flight are not limited here:
-each waits at most the request deadline, and the frames come from a bounded set of
-streams, one frame in flight per stream.
+has waited the window, or as soon as no other frame is expected to join it.  A stream
+has one frame in inference at a time, and sends them at its own pace: a stream whose
+frame is waiting or in flight cannot join, nor can one whose next frame (its last one
+plus the gap before it) is not due before the window ends.  So one camera, or a fast
+one beside slow ones, never waits for frames that cannot come: a single 50 fps stream
+held for the window would lose half its rate.  A stream seen only once may join for
+``ACTIVE_S`` seconds; one not seen for that long is forgotten.
+
+A request that fails fails each of its frames with its error (the client retries it as
+one request: ``streamml_inference_retries`` counts requests, ``streamml_inference_errors``
+frames), except a refusal (``InferenceFailed``: one frame's content, or a new version that
+takes smaller batches), after which each frame is sent alone, so that none fails that
+would have passed alone.  A frame whose stream stopped while it waited is left out, or
+its answer dropped.  Requests in flight are not limited here: each waits at most the
+request deadline, and the frames come from a bounded set of streams, one frame in flight
+per stream.
 """
 
 from __future__ import annotations
@@ -40,14 +47,14 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gateway.errors import InferenceUnavailable
+from gateway.errors import InferenceFailed, InferenceUnavailable
 from gateway.inference.client import TritonClient
 from gateway.inference.model import Detections, ModelInfo
 from gateway.schema import ClassScore
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-ACTIVE_S = 5.0  # a stream that sent a model a frame this recently may send the next
+ACTIVE_S = 5.0  # a stream not seen for this long is forgotten
 SizeHook = Callable[[str, int], None]  # (model, frames in the batch): observed by the caller
 
 
@@ -76,8 +83,19 @@ class _Batch:
     info: ModelInfo
     top_k: int
     limit: int
+    deadline: float  # loop time: sent then at the latest
     items: list[_Waiting] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Seen:
+    """A stream's frames for one key: when it last sent one, the gap before it, and whether it
+    has one waiting or in flight."""
+
+    at: float
+    gap: float | None = None
+    busy: int = 0
 
 
 Key = tuple[str, str, str, int, tuple[int, ...], str]
@@ -92,10 +110,9 @@ class FrameBatcher:
         self._max_size = max_size
         self._on_batch = on_batch or (lambda model, size: None)
         self._open: dict[Key, _Batch] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], list[_Waiting]] = {}
+        self._seen: dict[Key, dict[str, _Seen]] = {}
         self._stopped = False
-        self._recent: dict[str, dict[str, float]] = {}  # model -> stream -> when it last sent a frame
-        self._busy: dict[str, int] = {}  # model -> frames waiting or in flight
 
     @property
     def enabled(self) -> bool:
@@ -117,37 +134,59 @@ class FrameBatcher:
         if tensor.shape[0] != 1:
             raise ValueError(f"one frame at a time, got a batch of {tensor.shape[0]}")
         loop = asyncio.get_running_loop()
+        now = loop.time()
         key: Key = (info.name, info.version, info.task, top_k, tensor.shape[1:], tensor.dtype.str)
         batch = self._open.get(key)
         if batch is None:
             limit = min(self._max_size, info.max_batch_size) if info.max_batch_size > 0 else 1
-            batch = self._open[key] = _Batch(info, top_k, max(1, limit))
+            batch = self._open[key] = _Batch(info, top_k, max(1, limit), now + self._window_s)
         waiting = _Waiting(tensor, loop.create_future(), time.perf_counter())
         batch.items.append(waiting)
-        model = info.name
-        self._busy[model] = self._busy.get(model, 0) + 1
+        seen = self._arrived(key, stream, now)
         try:
-            everyone_in = self._everyone_in(model, stream, loop.time())
-            if not self.enabled or len(batch.items) >= batch.limit:
+            if not self.enabled or len(batch.items) >= batch.limit or not self._may_join(key, batch, now):
                 self._flush(key)
-            elif everyone_in:
-                for other in [k for k in self._open if k[0] == model]:
-                    self._flush(other)
             elif batch.timer is None:
-                batch.timer = loop.call_later(self._window_s, self._flush, key)
+                batch.timer = loop.call_at(batch.deadline, self._flush, key)
             return await waiting.future
         finally:
-            self._busy[model] -= 1
+            seen.busy -= 1
 
-    def _everyone_in(self, model: str, stream: str, now: float) -> bool:
-        """``stream`` sent ``model`` a frame now: has every stream that did so recently one waiting
-        or in flight?"""
-        recent = self._recent.setdefault(model, {})
-        recent[stream] = now
-        if len(recent) > self._busy[model]:  # prune only when it may matter
-            for s in [s for s, at in recent.items() if now - at > ACTIVE_S]:
-                del recent[s]
-        return self._busy[model] >= len(recent)
+    def _arrived(self, key: Key, stream: str, now: float) -> _Seen:
+        streams = self._seen.setdefault(key, {})
+        seen = streams.get(stream)
+        if seen is None:
+            seen = streams[stream] = _Seen(now)
+            if len(streams) > 1:  # forget streams gone quiet (stopped, moved to another version or size)
+                for s in [s for s, x in streams.items() if not x.busy and now - x.at > ACTIVE_S]:
+                    del streams[s]
+            if len(self._seen) > 1:
+                for k in [
+                    k for k, v in self._seen.items() if k != key and all(now - x.at > ACTIVE_S for x in v.values())
+                ]:
+                    del self._seen[k]
+        else:
+            seen.gap, seen.at = now - seen.at, now
+        seen.busy += 1
+        return seen
+
+    def _may_join(self, key: Key, batch: _Batch, now: float) -> bool:
+        """May another stream's frame join ``batch`` before it is due?  A stream with a frame
+        waiting or in flight cannot; one seen once may, for ``ACTIVE_S``; any other when its next
+        frame is due before the batch (with half a window's slack) and not overdue by more than
+        its gap and a window (it stopped)."""
+        slack = self._window_s / 2
+        for seen in self._seen.get(key, {}).values():
+            if seen.busy:
+                continue
+            if seen.gap is None:
+                if now - seen.at <= ACTIVE_S:
+                    return True
+                continue
+            due = seen.at + seen.gap
+            if due <= batch.deadline + slack and now - due <= seen.gap + self._window_s:
+                return True
+        return False
 
     def _flush(self, key: Key) -> None:
         batch = self._open.pop(key, None)
@@ -156,31 +195,39 @@ class FrameBatcher:
         if batch.timer is not None:
             batch.timer.cancel()
         items = [w for w in batch.items if not w.future.done()]  # a stream stopped while it waited
-        if not items:
-            return
+        if items:
+            self._start(batch, items)
+
+    def _start(self, batch: _Batch, items: list[_Waiting]) -> None:
         task = asyncio.create_task(self._send(batch, items), name=f"batch-{batch.info.name}")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._sending[task] = items
+        task.add_done_callback(lambda t: self._sending.pop(t, None))
 
     async def _send(self, batch: _Batch, items: list[_Waiting]) -> None:
         info, sent = batch.info, time.perf_counter()
-        tensors = np.concatenate([w.tensor for w in items]) if len(items) > 1 else items[0].tensor
-        self._on_batch(info.name, len(items))
         try:
+            self._on_batch(info.name, len(items))
+            tensors = np.concatenate([w.tensor for w in items]) if len(items) > 1 else items[0].tensor
             rows: list[Any]
             if info.task == "detection":
                 rows, version = await self._client.detect(info, tensors)
             else:
                 rows, version = await self._client.classify(info, tensors, batch.top_k)
         except asyncio.CancelledError:
-            for w in items:
-                if not w.future.done():
-                    w.future.set_exception(InferenceUnavailable("the gateway is shutting down"))
+            _fail(items, InferenceUnavailable("the gateway is shutting down"))
             raise
-        except Exception as e:  # noqa: BLE001 (re-raised in each frame's stream) each fails as its own call would have
+        except InferenceFailed as e:
+            if len(items) == 1:
+                _fail(items, e)
+                return
+            # Triton refused the request (one frame's content, or a new version that takes smaller
+            # batches): each frame goes alone, so none fails that would have passed alone
+            log.warning("%s refused a batch of %d frames (%s); sending them one by one", info.name, len(items), e)
             for w in items:
-                if not w.future.done():
-                    w.future.set_exception(e)
+                self._start(batch, [w])
+            return
+        except Exception as e:  # noqa: BLE001 (re-raised in each frame's stream) each fails as its own call would have
+            _fail(items, e)
             return
         call_ms = (time.perf_counter() - sent) * 1000
         for w, row in zip(items, rows, strict=True):
@@ -188,19 +235,25 @@ class FrameBatcher:
                 w.future.set_result(Batched(row, version, (sent - w.since) * 1000, call_ms, len(items)))
 
     async def stop(self) -> None:
-        """Frames still waiting fail (the gateway is shutting down), batches in flight are
-        cancelled; safe to call twice."""
+        """Frames still waiting or in flight fail (the gateway is shutting down), and requests in
+        flight are cancelled; safe to call twice."""
         self._stopped = True
+        shutting_down = InferenceUnavailable("the gateway is shutting down")
         for key in list(self._open):
             batch = self._open.pop(key)
             if batch.timer is not None:
                 batch.timer.cancel()
-            for w in batch.items:
-                if not w.future.done():
-                    w.future.set_exception(InferenceUnavailable("the gateway is shutting down"))
-        tasks, self._sending = list(self._sending), set()
-        for task in tasks:
+            _fail(batch.items, shutting_down)
+        sending, self._sending = dict(self._sending), {}
+        for task in sending:
             task.cancel()
-        for task in tasks:
+        for task, items in sending.items():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            _fail(items, shutting_down)  # a task cancelled before it started
+
+
+def _fail(items: list[_Waiting], error: BaseException) -> None:
+    for w in items:
+        if not w.future.done():
+            w.future.set_exception(error)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.config import Settings
-from gateway.errors import InferenceTimeout, InferenceUnavailable
+from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable
 from gateway.inference.batcher import FrameBatcher
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
@@ -62,16 +62,15 @@ async def gather(*calls: Any) -> list[Any]:
     return list(await asyncio.gather(*calls))
 
 
-async def known(batcher: FrameBatcher, info: ModelInfo, *streams: str) -> None:
-    """``streams`` have sent ``info``'s model a (mark 0) frame: the batcher counts them as streams
-    that may send the next, so frames of the others wait for them."""
-    calls = (
-        batcher.detect(info, frame(0), stream=s)
-        if info.task == "detection"
-        else batcher.classify(info, frame(0), 1, stream=s)
-        for s in streams
-    )
-    await gather(*calls)
+async def known(
+    batcher: FrameBatcher, info: ModelInfo, *streams: str, top_k: int = 1, shape: tuple[int, int] = (4, 4)
+) -> None:
+    """``streams`` have sent ``info``'s model a (mark 0) frame of ``shape`` for ``top_k``: the batcher
+    counts them as streams that may send the next such frame, so the others' frames wait for them."""
+    if info.task == "detection":
+        await gather(*(batcher.detect(info, frame(0, shape), stream=s) for s in streams))
+    else:
+        await gather(*(batcher.classify(info, frame(0, shape), top_k, stream=s) for s in streams))
 
 
 def test_frames_within_the_window_share_one_request_and_each_gets_its_own_row() -> None:
@@ -79,7 +78,7 @@ def test_frames_within_the_window_share_one_request_and_each_gets_its_own_row() 
     batcher = FrameBatcher(client, window_ms=50, max_size=8)
 
     async def run() -> list[Any]:
-        await known(batcher, CLASSIFIER, "idle")  # a fourth stream, whose next frame may come
+        await known(batcher, CLASSIFIER, "idle", top_k=2)  # a fourth stream, whose next frame may come
         sent.clear()
         first = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 2, stream="a"))
         await asyncio.sleep(0.01)  # a second stream's frame, later but within the window
@@ -170,7 +169,7 @@ def test_frames_only_share_a_request_with_the_same_model_version_top_k_and_shape
 
     async def run() -> list[Any]:
         await known(batcher, CLASSIFIER, "idle")
-        await known(batcher, DETECTOR, "idle")
+        await known(batcher, DETECTOR, "idle", shape=(8, 8))
         sent.clear()
         return await gather(
             batcher.classify(CLASSIFIER, frame(1), 1, stream="s1"),
@@ -242,10 +241,12 @@ def test_stop_fails_waiting_and_in_flight_frames_and_refuses_new_ones() -> None:
     batcher = FrameBatcher(client, window_ms=10, max_size=8)
 
     async def run() -> list[Any]:
-        await known(batcher, CLASSIFIER, "idle")
+        v2 = replace(CLASSIFIER, version="2")
+        await known(batcher, v2, "idle")  # "b"'s frame waits for it
+        sent.clear()
         in_flight = asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(1), 1, stream="a"))
         await asyncio.sleep(0.05)
-        waiting = asyncio.ensure_future(batcher.classify(replace(CLASSIFIER, version="2"), frame(2), 1, stream="b"))
+        waiting = asyncio.ensure_future(batcher.classify(v2, frame(2), 1, stream="b"))
         await asyncio.sleep(0)
         await batcher.stop()
         await batcher.stop()  # idempotent
@@ -254,7 +255,7 @@ def test_stop_fails_waiting_and_in_flight_frames_and_refuses_new_ones() -> None:
 
     outcomes = asyncio.run(run())
     assert all(isinstance(o, InferenceUnavailable) and "shutting down" in o.message for o in outcomes), outcomes
-    assert [marks for _, marks in sent] == [[0], [1]], "frame 2 was still waiting when the batcher stopped"
+    assert [marks for _, marks in sent] == [[1]], "frame 2 was still waiting when the batcher stopped"
 
 
 def test_a_zero_window_sends_each_frame_alone() -> None:
@@ -302,3 +303,76 @@ def test_uploads_are_never_held_back_for_a_batch() -> None:
     predictor, client, sent = predictor_with(batcher_window_ms=60_000)
     out = asyncio.run(predictor.predict(encode(scene(320, 240), "JPEG")))
     assert out.batch_ms == 0 and len(sent) == 1 and client.classify.await_count == 1
+
+
+def test_a_fast_stream_beside_a_slow_one_does_not_wait_for_it() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=200, max_size=8)
+
+    async def run() -> float:
+        await batcher.classify(CLASSIFIER, frame(1), 1, stream="slow")
+        await asyncio.sleep(1.0)
+        await batcher.classify(CLASSIFIER, frame(2), 1, stream="slow")  # a frame a second
+        t0 = time.monotonic()
+        for i in range(3, 8):  # the fast stream's frames, while the slow one's next is ~1 s away
+            await batcher.classify(CLASSIFIER, frame(i), 1, stream="fast")
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(run())
+    assert elapsed < 0.5, f"5 frames took {elapsed:.2f}s: they waited for the slow stream (window 0.2 s)"
+    assert [marks for _, marks in sent] == [[1], [2], [3], [4], [5], [6], [7]]
+
+
+def test_streams_of_other_frame_sizes_are_not_waited_for() -> None:
+    client, sent = patched_client()
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=8)
+
+    async def run() -> None:
+        await batcher.detect(DETECTOR, frame(1, (8, 8)), stream="big")
+        await batcher.detect(DETECTOR, frame(2, (6, 8)), stream="small")
+        await batcher.detect(DETECTOR, frame(3, (8, 8)), stream="big")  # cannot share with "small"
+
+    t0 = time.monotonic()
+    asyncio.run(run())
+    assert time.monotonic() - t0 < 5, "a frame waited for a stream whose frames are another size"
+    assert [marks for _, marks in sent] == [[1], [2], [3]]
+
+
+def test_a_refused_batch_is_sent_again_frame_by_frame() -> None:
+    client, sent = patched_client()
+    answer = client.classify.side_effect
+
+    async def refuse_batches(info: ModelInfo, batch: np.ndarray, top_k: int) -> Any:
+        if batch.shape[0] > 1:
+            sent.append((info.name, [int(m) for m in batch[:, 0, 0, 0]]))
+            raise InferenceFailed("batch size 3 exceeds the new version's max_batch_size 1")
+        return await answer(info, batch, top_k)
+
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=8)
+
+    async def run() -> list[Any]:
+        await known(batcher, CLASSIFIER, "a", "b", "c")
+        sent.clear()
+        client.classify.side_effect = refuse_batches
+        return await gather(*(batcher.classify(CLASSIFIER, frame(i), 1, stream=s) for i, s in enumerate("abc", 1)))
+
+    answers = asyncio.run(run())
+    assert sent[0] == ("mobilenet_v3_small", [1, 2, 3]) and sorted(sent[1:]) == [
+        (CLASSIFIER.name, [i]) for i in (1, 2, 3)
+    ]
+    assert [a.row[0].index for a in answers] == [1, 2, 3] and all(a.size == 1 for a in answers)
+
+
+def test_stop_fails_the_frames_of_a_request_not_yet_started() -> None:
+    client, _ = patched_client()
+    batcher = FrameBatcher(client, window_ms=60_000, max_size=2)
+
+    async def run() -> list[Any]:
+        await known(batcher, CLASSIFIER, "idle")
+        frames = [asyncio.ensure_future(batcher.classify(CLASSIFIER, frame(i), 1, stream=f"s{i}")) for i in (1, 2)]
+        await asyncio.sleep(0)  # both submitted: the batch is full, its request created but not started
+        await batcher.stop()
+        return list(await asyncio.wait_for(asyncio.gather(*frames, return_exceptions=True), 5))
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(o, InferenceUnavailable) for o in outcomes), outcomes
