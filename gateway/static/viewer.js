@@ -398,6 +398,7 @@ function showPrediction(eventId, p) {
   $("stat-frame").textContent = String(p.frame);
   $("stat-event-id").textContent = eventId || "–";
   $("stat-inference").textContent = `${p.latency_ms.inference.toFixed(1)} ms`;
+  $("stat-batch").textContent = `${(p.latency_ms.batch ?? 0).toFixed(1)} ms`;
   $("stat-age").textContent = `${age.toFixed(0)} ms`;
   $("stat-fps").textContent = fps.toFixed(2);
   if (p.task === "classification") {
@@ -410,6 +411,7 @@ function showPrediction(eventId, p) {
     s.textContent = `${p.label === "person" ? "Person" : "No person"}: ${p.person_count} above ${p.threshold}, ${p.boxes.length} box(es)`;
   }
   view.charts.latency.add("inference", now, p.latency_ms.inference);
+  view.charts.latency.add("batch", now, p.latency_ms.batch ?? 0);
   view.charts.latency.add("total", now, p.latency_ms.total);
   view.charts.age.add("age", now, age);
   view.charts.fps.add("fps", now, fps);
@@ -597,7 +599,7 @@ async function start() {
 }
 
 view.charts = {
-  latency: new TimeChart($("chart-latency"), { unit: "ms" }),
+  latency: new TimeChart($("chart-latency"), { unit: "ms", colors: ["#1f6feb", "#2da44e", "#b25e00"] }),
   age: new TimeChart($("chart-age"), { unit: "ms" }),
   fps: new TimeChart($("chart-fps")),
 };

@@ -13,6 +13,7 @@ import functools
 import http.server
 import itertools
 import json
+import re
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -134,6 +135,7 @@ def test_the_page_shows_live_predictions_without_console_errors(
             f"() => Number(document.querySelector('#prediction').dataset.frame) >= {first + 3}", timeout=30_000
         )
         assert page.locator("#topk li").count() == 5, "the classifier's top-5 bars are shown"
+        assert re.fullmatch(r"\d+\.\d ms", page.text_content("#stat-batch") or ""), "the wait for a batch is shown"
         assert page.get_attribute("#conn", "data-state") == "connected"
         assert badge(page, "cam") == "running" and badge(page, "det") == "running"
         page.wait_for_function("() => document.querySelector('#frame').dataset.frame > 0", timeout=15_000)
