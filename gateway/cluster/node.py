@@ -278,7 +278,9 @@ class ClusterNode:
             await self._manager.remove(sid, MOVING if sid in self.registry else STREAM_REMOVED)
         run = self._runs.pop(sid, None)
         if run is not None:
-            self.history.append(run.model_copy(update={"stopped_at": time.time()}))
+            stopped = time.time()
+            self.history.append(run.model_copy(update={"stopped_at": stopped}))
+            log.info("cluster: node %s stopped stream %s after %.1fs here", self.node_id, sid, stopped - run.started_at)
         if release:
             with contextlib.suppress(ClusterUnavailable):
                 await self._store.release(self.node_id, [sid])

@@ -13,11 +13,13 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +113,18 @@ class OwnershipAudit:
                         self.samples += 1
 
     def runs(self) -> list[tuple[str, str, float, float]]:
-        """(stream, node, started, stopped) of every run seen; a gone gateway's open runs end when it went."""
+        """(stream, node, started, stopped) of every run seen.  A run still open in a gone gateway's
+        last answer ended at its log line "stopped stream" (a clean stop: it had stopped before its
+        lease was released, but its HTTP server was no longer sampled), else when the process went."""
         out = []
         now = time.time()
         for (node, pid), status in self.last.items():  # each process of a gateway: a restart is another
             end = self.c.gone.get(pid, now)
+            stops = _logged_stops(self.c.nodes[node].log()) if pid in self.c.gone else {}
             for run in status["history"]:
-                stopped = run["stopped_at"] if run["stopped_at"] is not None else end
+                stopped = run["stopped_at"]
+                if stopped is None:
+                    stopped = next((t for t in stops.get(run["stream"], []) if t >= run["started_at"]), end)
                 out.append((run["stream"], f"{node}[{pid}]", run["started_at"], min(stopped, end)))
         return out
 
@@ -133,6 +140,20 @@ class OwnershipAudit:
             runs.sort(key=lambda r: r[1])
             for (n1, _, e1), (n2, s2, _) in itertools.pairwise(runs):
                 assert n1 == n2 or s2 >= e1, f"stream {sid} ran on {n1} until {e1:.3f} and on {n2} from {s2:.3f}"
+
+
+_STOPPED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO .*: cluster: node \S+ stopped stream (\S+) after")
+
+
+def _logged_stops(log: str) -> dict[str, list[float]]:
+    """stream -> the times (epoch, in order) a gateway's log says it stopped running it here; the log's
+    time is cut to the millisecond, so 1 ms is added: each is at or after the run's real end."""
+    out: dict[str, list[float]] = {}
+    for line in log.splitlines():
+        if m := _STOPPED.match(line):
+            at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() + 0.001  # local time, as logged
+            out.setdefault(m[2], []).append(at)
+    return out
 
 
 def _triton_inferences(triton: EmbeddedTriton) -> int:
