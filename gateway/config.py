@@ -105,7 +105,13 @@ class PreprocessSettings(_Section):
     std: tuple[float, float, float] = Field(
         (0.229, 0.224, 0.225), description="Normalization std, used only for models that take float32 input."
     )
-    workers: int = Field(2, ge=1, le=64, description="Threads that decode and preprocess off the event loop.")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="At most this many threads decode or preprocess at once, uploads and stream frames together "
+        "(off the event loop).",
+    )
 
     @field_validator("std")
     @classmethod
@@ -363,7 +369,8 @@ class AdmissionSettings(_Section):
         ge=1,
         le=10_000,
         description="POST /predict requests processed at once; more wait in the admission queue.  Past the "
-        "machine's throughput, more concurrency only makes every request later.",
+        "machine's throughput, more concurrency only makes every request later.  Each has its own upload thread "
+        "(decode, preprocess, the Triton call).",
     )
     max_queue: int = Field(
         32,

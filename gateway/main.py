@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,7 +28,7 @@ from gateway.config import Settings, load_settings
 from gateway.inference.batcher import FrameBatcher
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
-from gateway.inference.predictor import Predictor
+from gateway.inference.predictor import Predictor, Workers
 from gateway.metrics import Metrics
 from gateway.schema import StreamInfo
 from gateway.streams.manager import StreamManager
@@ -83,12 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Created in order, stopped in reverse.
-        executor = ThreadPoolExecutor(settings.preprocess.workers, thread_name_prefix="preprocess")
+        workers = Workers(settings)
         client = TritonClient(settings.triton, on_retry=lambda m, why: metrics.inference_retries.labels(m, why).inc())
         await client.start()
         catalog = ModelCatalog(settings, client)
         batcher = _frame_batcher(settings, client, metrics)
-        predictor = Predictor(settings, client, catalog, executor, batcher)
+        predictor = Predictor(settings, client, catalog, workers, batcher)
         capturer = Capturer(settings.capture)
         cluster = Cluster(settings, metrics) if settings.cluster.enabled else None
         streams = StreamManager(
@@ -119,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             capturer.stop()
             await batcher.stop()
             await client.stop()
-            executor.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown()
 
     app = FastAPI(
         title="stream-ml gateway",

@@ -48,6 +48,14 @@ _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
 
+def blocking_twins(client: Any) -> None:
+    """A patched ``TritonClient`` (``AsyncMock(spec=TritonClient)``) whose ``classify_blocking`` and
+    ``detect_blocking`` (called from worker threads) run its ``classify`` and ``detect`` mocks: one
+    set of answers, side effects and call records for both ways of asking Triton."""
+    client.classify_blocking.side_effect = lambda *a, **kw: asyncio.run(client.classify(*a, **kw))
+    client.detect_blocking.side_effect = lambda *a, **kw: asyncio.run(client.detect(*a, **kw))
+
+
 def free_port() -> int:
     """A free loopback port that this process was never handed before.  The OS may give the
     same port to two binds in a row once the first socket is closed; a server handed one port

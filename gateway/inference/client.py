@@ -12,6 +12,13 @@ connected ones and skips one it cannot reach; a call that met a Triton going awa
 (UNAVAILABLE) or lacking the model (NOT_FOUND) is sent again, to the next one; and a
 readiness probe asks as many Tritons as the target names, true when any says ready.
 A plain ``host:port`` keeps gRPC's default (pick_first) and none of these retries.
+
+An inference can be awaited on the event loop (``classify``, ``detect``: the aio channel) or
+made from a worker thread (``classify_blocking``, ``detect_blocking``: a second, sync
+channel to the same target).  An upload is decoded, preprocessed and sent from one worker
+thread, so its answer comes back to the event loop in one hop, and the loop does none of
+gRPC's work (``bench.inference_hop``: 0.6 ms less per request, and 1.6 ms less of the event
+loop's CPU).  Both ways share one retry policy (``_Attempts``) and one deadline per try.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -67,12 +75,62 @@ def endpoints(url: str) -> int:
     return 1
 
 
+class _Attempts:
+    """The retry policy of one inference (see ``TritonClient._infer``), whichever way its tries
+    are waited for: ``timeout`` is the next try's deadline; ``after(error)`` is called with the
+    error a try met and answers the pause before the next try, or ``None`` when the error stands."""
+
+    def __init__(self, client: TritonClient, name: str, instances: int, clock: Callable[[], float]) -> None:
+        self._client, self._clock = client, clock
+        self.name, self.what = name, f"inference on {name}"
+        self.timeout = self._full = client._settings.request_timeout_s
+        self._deadline = clock() + self._full
+        self._crash_retries = max(2, instances)
+        self._endpoint_tries = min(client.endpoints, MAX_ENDPOINT_RETRIES) if client.endpoints > 1 else 0
+        self._endpoint_retries = self._endpoint_tries
+        self._retired = False
+
+    def after(self, e: Exception) -> float | None:
+        pause = 0.0
+        if isinstance(e, (InferenceUnavailable, ModelNotFound)):
+            if not self._retired and RETIRED_VERSION in e.message and not isinstance(e, InferenceTimeout):
+                self._retired, reason = True, "retired_version"
+                log.info("%s met a retired version (%s); sending it again", self.what, e)
+            elif self._endpoint_retries > 0 and _another_may_serve(e):
+                # the first retry at once, the later ones after a pause (gRPC may not have
+                # marked the dead Triton yet), jittered so that a burst does not return as one
+                done = self._endpoint_tries - self._endpoint_retries
+                pause = random.uniform(0.5, 1.0) * 0.05 * done  # noqa: S311
+                self._endpoint_retries -= 1
+                reason = "endpoint_lacks_model" if isinstance(e, ModelNotFound) else "endpoint_unavailable"
+                log.warning("%s; sending it to another Triton", e.message)
+            else:
+                return None
+        elif isinstance(e, InferenceFailed):
+            if not CRASHED_INSTANCE.search(e.message):
+                return None
+            if self._crash_retries == 0:
+                raise ModelDegraded(f"model {self.name} is degraded: an instance crashed ({e.message})") from e
+            reason = "crashed_instance"
+            self._crash_retries -= 1
+            log.warning("%s met a crashed instance (%s); sending it again", self.what, e.message)
+        else:
+            return None
+        self.timeout = self._deadline - self._clock() - pause if reason.startswith("endpoint_") else self._full
+        if self.timeout < MIN_ATTEMPT_S:
+            return None  # no time left for another try: the refusal stands
+        self._client._on_retry(self.name, reason)
+        return pause
+
+
 class TritonClient:
-    """One gRPC channel to Triton, created in the lifespan and closed in reverse order."""
+    """Two gRPC channels to Triton (aio for the event loop, sync for worker threads), created in
+    the lifespan and closed in reverse order."""
 
     def __init__(self, settings: TritonSettings, on_retry: RetryHook | None = None) -> None:
         self._settings = settings
         self._client: grpcaio.InferenceServerClient | None = None
+        self._sync: grpcclient.InferenceServerClient | None = None
         self._on_retry = on_retry or (lambda model, reason: None)
         self.endpoints = endpoints(settings.url)
 
@@ -80,36 +138,44 @@ class TritonClient:
         if self._client is not None:
             return
         backoff_ms = int(self._settings.max_reconnect_backoff_s * 1000)
-        self._client = grpcaio.InferenceServerClient(
-            self._settings.url,
-            channel_args=[
-                ("grpc.max_send_message_length", 2**31 - 1),
-                ("grpc.max_receive_message_length", 2**31 - 1),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                # Ping only while calls are in flight: Triton (like any gRPC server by default)
-                # answers pings on an idle connection with GOAWAY "too_many_pings".
-                ("grpc.keepalive_permit_without_calls", 0),
-                ("grpc.http2.max_pings_without_data", 0),
-                # Reconnect quickly once Triton is back (gRPC's default backoff grows to 120 s).
-                ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
-                ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
-                ("grpc.max_reconnect_backoff_ms", backoff_ms),
-                # Several Tritons: every call to the next connected one (a dead endpoint is skipped).
-                *([("grpc.service_config", ROUND_ROBIN)] if self.endpoints > 1 else []),
-            ],
-        )
+        args = [
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            # Ping only while calls are in flight: Triton (like any gRPC server by default)
+            # answers pings on an idle connection with GOAWAY "too_many_pings".
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Reconnect quickly once Triton is back (gRPC's default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
+            ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            # Several Tritons: every call to the next connected one (a dead endpoint is skipped).
+            *([("grpc.service_config", ROUND_ROBIN)] if self.endpoints > 1 else []),
+        ]
+        self._client = grpcaio.InferenceServerClient(self._settings.url, channel_args=args)
+        self._sync = grpcclient.InferenceServerClient(self._settings.url, channel_args=args)
 
     async def stop(self) -> None:
         client, self._client = self._client, None
+        sync, self._sync = self._sync, None
         if client is not None:
             await client.close()
+        if sync is not None:
+            sync.close()
 
     @property
     def _c(self) -> grpcaio.InferenceServerClient:
         if self._client is None:
             raise InferenceUnavailable("the Triton client is not started")
         return self._client
+
+    @property
+    def _s(self) -> grpcclient.InferenceServerClient:
+        if self._sync is None:
+            raise InferenceUnavailable("the Triton client is not started")
+        return self._sync
 
     async def _call(self, call: Awaitable[T], what: str, timeout: float) -> T:
         try:
@@ -149,48 +215,32 @@ class TritonClient:
         Nothing else is retried: not a deadline spent (DEADLINE_EXCEEDED), not a request Triton
         rejected (INVALID_ARG, INTERNAL), and with one Triton not an UNAVAILABLE or NOT_FOUND
         either (the same Triton would answer).  Each retry is reported to ``on_retry``."""
-        t = self._settings.request_timeout_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + t
-        what = f"inference on {name}"
-        crash_retries = max(2, instances)
-        endpoint_tries = min(self.endpoints, MAX_ENDPOINT_RETRIES) if self.endpoints > 1 else 0
-        endpoint_retries = endpoint_tries
-        retired = False
-        timeout = t
+        tries = _Attempts(self, name, instances, asyncio.get_running_loop().time)
         while True:
-            pause = 0.0
             try:
-                call = self._c.infer(name, inputs, outputs=outputs, client_timeout=timeout)
-                return await self._call(call, what, timeout)
-            except (InferenceUnavailable, ModelNotFound) as e:
-                error: Exception = e
-                if not retired and RETIRED_VERSION in e.message and not isinstance(e, InferenceTimeout):
-                    retired, reason = True, "retired_version"
-                    log.info("%s met a retired version (%s); sending it again", what, e)
-                elif endpoint_retries > 0 and _another_may_serve(e):
-                    # the first retry at once, the later ones after a pause (gRPC may not have
-                    # marked the dead Triton yet), jittered so that a burst does not return as one
-                    pause = random.uniform(0.5, 1.0) * 0.05 * (endpoint_tries - endpoint_retries)  # noqa: S311
-                    endpoint_retries -= 1
-                    reason = "endpoint_lacks_model" if isinstance(e, ModelNotFound) else "endpoint_unavailable"
-                    log.warning("%s; sending it to another Triton", e.message)
-                else:
+                call = self._c.infer(name, inputs, outputs=outputs, client_timeout=tries.timeout)
+                return await self._call(call, tries.what, tries.timeout)
+            except (InferenceUnavailable, ModelNotFound, InferenceFailed) as e:
+                if (pause := tries.after(e)) is None:
                     raise
-            except InferenceFailed as e:
-                if not CRASHED_INSTANCE.search(e.message):
-                    raise
-                if crash_retries == 0:
-                    raise ModelDegraded(f"model {name} is degraded: an instance crashed ({e.message})") from e
-                error, reason = e, "crashed_instance"
-                crash_retries -= 1
-                log.warning("%s met a crashed instance (%s); sending it again", what, e.message)
-            timeout = deadline - loop.time() - pause if reason.startswith("endpoint_") else t
-            if timeout < MIN_ATTEMPT_S:
-                raise error  # no time left for another try: the refusal stands
-            self._on_retry(name, reason)
             if pause:
                 await asyncio.sleep(pause)
+
+    def _infer_blocking(self, name: str, inputs: list[Any], outputs: list[Any], instances: int = 1) -> Any:
+        """``_infer`` from a worker thread: the same tries, each a blocking call on the sync channel
+        (gRPC ends it at its deadline, so a frozen Triton holds the thread no longer than that)."""
+        tries = _Attempts(self, name, instances, time.monotonic)
+        while True:
+            try:
+                try:
+                    return self._s.infer(name, inputs, outputs=outputs, client_timeout=tries.timeout)
+                except InferenceServerException as e:
+                    raise _translate(e, tries.what) from e
+            except (InferenceUnavailable, ModelNotFound, InferenceFailed) as e:
+                if (pause := tries.after(e)) is None:
+                    raise
+            if pause:
+                time.sleep(pause)
 
     async def _anywhere(self, probe: Callable[[], Awaitable[bool]]) -> bool:
         """``probe()`` asked of as many Tritons as the target names, at once (round-robin sends
@@ -361,34 +411,57 @@ class TritonClient:
         """Top-k per image, computed on the server by Triton's classification extension
         (labels included: Triton reads the label file when it loads a version), and the
         version that answered."""
-        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
-        inp.set_data_from_numpy(batch)
-        out = grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)
-        result = await self._infer(info.name, [inp], [out], info.instance_count)
-        rows = result.as_numpy(info.output_name)
-        if rows is None:
-            raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
-        rows = rows.reshape(batch.shape[0], -1)
-        return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows], _version(result)
+        inputs, outputs = _classify_request(info, batch, top_k)
+        return _classes(info, batch, await self._infer(info.name, inputs, outputs, info.instance_count))
+
+    def classify_blocking(self, info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[list[ClassScore]], str]:
+        """``classify`` from a worker thread."""
+        inputs, outputs = _classify_request(info, batch, top_k)
+        return _classes(info, batch, self._infer_blocking(info.name, inputs, outputs, info.instance_count))
 
     async def detect(self, info: ModelInfo, batch: np.ndarray) -> tuple[list[Detections], str]:
         """Padded detections for a ``[B, 3, H, W]`` uint8 batch, cut to each image's count,
         and the version that answered."""
-        inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
-        inp.set_data_from_numpy(batch)
-        outs = [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
-        result = await self._infer(info.name, [inp], outs, info.instance_count)
-        arrays = [result.as_numpy(n) for n in DETECTION_OUTPUTS]
-        if any(a is None for a in arrays):
-            raise InferenceFailed(f"Triton returned no detections for {info.name}")
-        boxes, scores, labels, num = arrays
-        assert boxes is not None and scores is not None and labels is not None and num is not None
-        counts = num.reshape(batch.shape[0])
-        found = [
-            Detections(boxes[i, : counts[i]], scores[i, : counts[i]], labels[i, : counts[i]])
-            for i in range(batch.shape[0])
-        ]
-        return found, _version(result)
+        inputs, outputs = _detect_request(info, batch)
+        return _detections(info, batch, await self._infer(info.name, inputs, outputs, info.instance_count))
+
+    def detect_blocking(self, info: ModelInfo, batch: np.ndarray) -> tuple[list[Detections], str]:
+        """``detect`` from a worker thread."""
+        inputs, outputs = _detect_request(info, batch)
+        return _detections(info, batch, self._infer_blocking(info.name, inputs, outputs, info.instance_count))
+
+
+def _classify_request(info: ModelInfo, batch: np.ndarray, top_k: int) -> tuple[list[Any], list[Any]]:
+    inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+    inp.set_data_from_numpy(batch)
+    return [inp], [grpcclient.InferRequestedOutput(info.output_name, class_count=top_k)]
+
+
+def _classes(info: ModelInfo, batch: np.ndarray, result: Any) -> tuple[list[list[ClassScore]], str]:
+    rows = result.as_numpy(info.output_name)
+    if rows is None:
+        raise InferenceFailed(f"Triton returned no {info.output_name!r} for {info.name}")
+    rows = rows.reshape(batch.shape[0], -1)
+    return [[_parse_class(entry) for entry in np.atleast_1d(row)] for row in rows], _version(result)
+
+
+def _detect_request(info: ModelInfo, batch: np.ndarray) -> tuple[list[Any], list[Any]]:
+    inp = grpcclient.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+    inp.set_data_from_numpy(batch)
+    return [inp], [grpcclient.InferRequestedOutput(n) for n in DETECTION_OUTPUTS]
+
+
+def _detections(info: ModelInfo, batch: np.ndarray, result: Any) -> tuple[list[Detections], str]:
+    arrays = [result.as_numpy(n) for n in DETECTION_OUTPUTS]
+    if any(a is None for a in arrays):
+        raise InferenceFailed(f"Triton returned no detections for {info.name}")
+    boxes, scores, labels, num = arrays
+    assert boxes is not None and scores is not None and labels is not None and num is not None
+    counts = num.reshape(batch.shape[0])
+    found = [
+        Detections(boxes[i, : counts[i]], scores[i, : counts[i]], labels[i, : counts[i]]) for i in range(batch.shape[0])
+    ]
+    return found, _version(result)
 
 
 def _version(result: Any) -> str:

@@ -3,14 +3,20 @@ post-processing, for an upload (``predict``) or a stream frame (``predict_frame`
 
 It is a thin orchestrator and owns no state of its own: model facts and version
 switches are the ``ModelCatalog``'s, tensors come from ``gateway.preprocess``,
-results from ``postprocess``, and the worker threads are the lifespan's executor.
+results from ``postprocess``, and the worker threads are the lifespan's ``Workers``.
+
+An upload whose model's facts are known takes one hop: one worker thread decodes it,
+preprocesses it and makes the Triton call (blocking, on the client's sync channel), and
+the event loop only post-processes the answer.  Stream frames are preprocessed in a
+worker and sent from the event loop, through the ``FrameBatcher``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +38,29 @@ from gateway.schema import ClassificationResult, DetectionResult
 T = TypeVar("T")
 
 
+class Workers:
+    """The predictor's threads, made in the lifespan and shut down in reverse order.
+
+    - ``preprocess`` (``preprocess.workers`` threads): stream frames' preprocessing, and an
+      upload's decode and preprocessing while its model's facts are being read;
+    - ``uploads`` (``admission.max_in_flight`` threads, one per admitted upload, made as they are
+      needed): an upload's decode, preprocessing and blocking Triton call, in one go.  A call
+      holds its thread until Triton answers or its deadline passes, so a frozen Triton cannot
+      hold the threads that stream frames need, nor make an admitted upload wait for a thread;
+    - ``cpu``: at most ``preprocess.workers`` threads of both decode or preprocess at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        n = settings.preprocess.workers
+        self.preprocess = ThreadPoolExecutor(n, thread_name_prefix="preprocess")
+        self.uploads = ThreadPoolExecutor(settings.admission.max_in_flight, thread_name_prefix="upload")
+        self.cpu = threading.BoundedSemaphore(n)
+
+    def shutdown(self) -> None:
+        """Idempotent.  Calls still in flight end when the client's channels close (before this)."""
+        self.uploads.shutdown(wait=True, cancel_futures=True)
+        self.preprocess.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass(frozen=True)
 class Outcome:
     result: ClassificationResult | DetectionResult
@@ -39,6 +68,22 @@ class Outcome:
     preprocess_ms: float
     inference_ms: float
     batch_ms: float = 0.0  # stream frames: waiting for other streams' frames to share the request
+
+
+@dataclass(frozen=True)
+class _Answer:
+    row: Any  # one image's ``Detections`` or list of ``ClassScore``
+    version: str  # the model version that answered
+    batch_ms: float  # the wait for other streams' frames
+    call_ms: float  # the Triton call
+
+
+@dataclass(frozen=True)
+class _Upload:
+    decode_ms: float
+    preprocess_ms: float
+    geometry: Geometry
+    answer: _Answer
 
 
 def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -53,7 +98,7 @@ class Predictor:
         settings: Settings,
         client: TritonClient,
         catalog: ModelCatalog,
-        executor: ThreadPoolExecutor,
+        workers: Workers,
         batcher: FrameBatcher | None = None,
     ) -> None:
         """``batcher``: where stream frames go to Triton (with other streams' frames); without it, or
@@ -61,7 +106,7 @@ class Predictor:
         self._settings = settings
         self._client = client
         self._catalog = catalog
-        self._executor = executor
+        self._workers = workers
         self._batcher = batcher if batcher is not None and batcher.enabled else None
 
     def options(self, threshold: float | None = None, all_classes: bool | None = None) -> DetectOptions:
@@ -81,22 +126,18 @@ class Predictor:
     ) -> Outcome:
         """One uploaded image (JPEG, PNG or WebP bytes)."""
         name = model or self._settings.model
-        loop = asyncio.get_running_loop()
+        options = options or self.options()
         info = self._catalog.cached(name)
-        if info is not None:  # the common case: one hop to the worker threads
-            (image, decode_ms), ((batch, geometry), preprocess_ms) = await loop.run_in_executor(
-                self._executor, self._decode_prepare, data, info
-            )
-        else:  # decode first, so a bad image is a 400 even while Triton is down
-            image, decode_ms = await loop.run_in_executor(self._executor, _timed, self._decode, data)
-            info = await self._catalog.get(name)
-            (batch, geometry), preprocess_ms = await loop.run_in_executor(
-                self._executor, _timed, self._prepare, image, info
-            )
-        if top_k is not None and info.task == "classification" and top_k > info.num_classes:
-            raise BadRequest(f"top_k={top_k} exceeds the {info.num_classes} classes of model {name}")
-        k = top_k or min(self._settings.top_k, info.num_classes)  # the default fits a model with fewer classes
-        result, inference_ms, _ = await self._infer(info, batch, geometry, k, options or self.options())
+        if info is not None:  # the common case: one hop to a worker that also asks Triton
+            up, result = await self._settled(info, self._one_hop(info, data, top_k, options))
+            return Outcome(result, up.decode_ms, up.preprocess_ms, up.answer.call_ms)
+        # decode first, so a bad image is a 400 even while Triton is down
+        loop, pool = asyncio.get_running_loop(), self._workers.preprocess
+        image, decode_ms = await loop.run_in_executor(pool, self._cpu_timed, self._decode, data)
+        info = await self._catalog.get(name)
+        (batch, geometry), preprocess_ms = await loop.run_in_executor(pool, self._cpu_timed, self._prepare, image, info)
+        k = self._top_k(info, top_k)
+        result, inference_ms, _ = await self._infer(info, batch, geometry, k, options)
         return Outcome(result, decode_ms, preprocess_ms, inference_ms)
 
     async def predict_frame(
@@ -107,7 +148,13 @@ class Predictor:
         k = min(self._settings.top_k, info.num_classes)
         loop = asyncio.get_running_loop()
         (batch, geometry), preprocess_ms = await loop.run_in_executor(
-            self._executor, _timed, prepare_frame, bgr, source_size, info, self._settings.preprocess
+            self._workers.preprocess,
+            self._cpu_timed,
+            prepare_frame,
+            bgr,
+            source_size,
+            info,
+            self._settings.preprocess,
         )
         result, inference_ms, batch_ms = await self._infer(info, batch, geometry, k, self.options(), stream=stream)
         return Outcome(result, 0.0, preprocess_ms, inference_ms, batch_ms)
@@ -124,6 +171,10 @@ class Predictor:
 
     # --- worker-thread steps -----------------------------------------------------------------
 
+    def _cpu_timed(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
+        with self._workers.cpu:
+            return _timed(fn, *args)
+
     def _decode(self, data: bytes) -> Image.Image:
         up = self._settings.upload
         return decode_image(data, allowed=up.allowed_types, max_pixels=up.max_pixels)
@@ -132,32 +183,75 @@ class Predictor:
         s = self._settings
         return prepare_image(image, info, s.preprocess, (s.frame_width, s.frame_height))
 
-    def _decode_prepare(
-        self, data: bytes, info: ModelInfo
-    ) -> tuple[tuple[Image.Image, float], tuple[tuple[np.ndarray, Geometry], float]]:
-        decoded = _timed(self._decode, data)
-        return decoded, _timed(self._prepare, decoded[0], info)
+    def _top_k(self, info: ModelInfo, top_k: int | None) -> int:
+        if top_k is not None and info.task == "classification" and top_k > info.num_classes:
+            raise BadRequest(f"top_k={top_k} exceeds the {info.num_classes} classes of model {info.name}")
+        return top_k or min(self._settings.top_k, info.num_classes)  # the default fits a model with fewer classes
+
+    def _upload(self, data: bytes, info: ModelInfo, top_k: int | None) -> _Upload:
+        """Decode, preprocess and ask Triton, in one worker thread (the call blocks it)."""
+        image, decode_ms = self._cpu_timed(self._decode, data)
+        (batch, geometry), preprocess_ms = self._cpu_timed(self._prepare, image, info)
+        k = self._top_k(info, top_k)
+        t0 = time.perf_counter()
+        if info.task == "detection":
+            found, version = self._client.detect_blocking(info, batch)
+            row: Any = found[0]
+        else:
+            classes, version = self._client.classify_blocking(info, batch, k)
+            row = classes[0]
+        call_ms = (time.perf_counter() - t0) * 1000
+        return _Upload(decode_ms, preprocess_ms, geometry, _Answer(row, version, 0.0, call_ms))
 
     # --- Triton ----------------------------------------------------------------------------------
 
-    async def _ask(
-        self, info: ModelInfo, batch: np.ndarray, top_k: int, stream: str | None
-    ) -> tuple[Any, str, float, float]:
-        """One image's raw answer (``Detections`` or a list of ``ClassScore``), the version that
-        answered, the time it waited for a batch, and the Triton call's time (ms).  Frames of a
-        ``stream`` go through the batcher, when there is one."""
+    async def _one_hop(
+        self, info: ModelInfo, data: bytes, top_k: int | None, options: DetectOptions
+    ) -> tuple[_Upload, ClassificationResult | DetectionResult]:
+        loop = asyncio.get_running_loop()
+        up = await loop.run_in_executor(self._workers.uploads, self._upload, data, info, top_k)
+        return up, await self._result(info, up.answer, up.geometry, options)
+
+    async def _ask(self, info: ModelInfo, batch: np.ndarray, top_k: int, stream: str | None) -> _Answer:
+        """One image's answer from Triton.  Frames of a ``stream`` go through the batcher, when
+        there is one."""
         if stream is not None and self._batcher is not None:
             if info.task == "detection":
                 b: Batched[Any] = await self._batcher.detect(info, batch, stream=stream)
             else:
                 b = await self._batcher.classify(info, batch, top_k, stream=stream)
-            return b.row, b.version, b.queued_ms, b.call_ms
+            return _Answer(b.row, b.version, b.queued_ms, b.call_ms)
         t0 = time.perf_counter()
         if info.task == "detection":
             found, version = await self._client.detect(info, batch)
-            return found[0], version, 0.0, (time.perf_counter() - t0) * 1000
+            return _Answer(found[0], version, 0.0, (time.perf_counter() - t0) * 1000)
         classes, version = await self._client.classify(info, batch, top_k)
-        return classes[0], version, 0.0, (time.perf_counter() - t0) * 1000
+        return _Answer(classes[0], version, 0.0, (time.perf_counter() - t0) * 1000)
+
+    async def _result(
+        self, info: ModelInfo, answer: _Answer, geometry: Geometry, options: DetectOptions
+    ) -> ClassificationResult | DetectionResult:
+        """The answer post-processed with the facts of the version that gave it."""
+        task, info = info.task, await self._catalog.served_by(info, answer.version)
+        if task == "detection":
+            person = self._settings.detector.person_class
+            return postprocess.detection(info, answer.row, geometry, options, person)
+        return postprocess.classification(info, answer.row, geometry)
+
+    async def _settled(self, info: ModelInfo, asking: Awaitable[T]) -> T:
+        """``asking`` (a Triton call and its post-processing) awaited, and what it says of the model
+        told to the catalog."""
+        try:
+            out = await asking
+        except ModelDegraded as e:
+            self._catalog.mark_degraded(info.name, e.message)
+            raise
+        except InferenceFailed:
+            # Triton refused the request (a new version may expect another input): read the facts again.
+            self._catalog.invalidate(info)
+            raise
+        self._catalog.mark_healthy(info.name)
+        return out
 
     async def _infer(
         self,
@@ -170,18 +264,9 @@ class Predictor:
         stream: str | None = None,
     ) -> tuple[ClassificationResult | DetectionResult, float, float]:
         """The result, the Triton call's time and the batching wait (ms)."""
-        try:
-            row, version, batch_ms, ms = await self._ask(info, batch, top_k, stream)
-            self._catalog.mark_healthy(info.name)
-            task, info = info.task, await self._catalog.served_by(info, version)
-            if task == "detection":
-                person = self._settings.detector.person_class
-                return postprocess.detection(info, row, geometry, options, person), ms, batch_ms
-            return postprocess.classification(info, row, geometry), ms, batch_ms
-        except ModelDegraded as e:
-            self._catalog.mark_degraded(info.name, e.message)
-            raise
-        except InferenceFailed:
-            # Triton refused the request (a new version may expect another input): read the facts again.
-            self._catalog.invalidate(info)
-            raise
+
+        async def asking() -> tuple[ClassificationResult | DetectionResult, float, float]:
+            answer = await self._ask(info, batch, top_k, stream)
+            return await self._result(info, answer, geometry, options), answer.call_ms, answer.batch_ms
+
+        return await self._settled(info, asking())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
@@ -21,27 +22,45 @@ CRASHED = InferenceServerException("Stub process 'mobilenet_v3_small_0_1' is not
 BROKEN = InferenceServerException("onnxruntime: invalid input shape", "StatusCode.INTERNAL")
 
 
+def patched(client: TritonClient, *answers: Any) -> MagicMock:
+    """``grpc.infer`` answers both channels: the aio one awaits it, the sync one (a worker
+    thread's blocking call) runs it to its end; one record of calls for both."""
+    grpc, sync = MagicMock(), MagicMock()
+    grpc.infer = AsyncMock(side_effect=list(answers))
+    sync.infer.side_effect = lambda *a, **kw: asyncio.run(grpc.infer(*a, **kw))
+    client._client, client._sync = grpc, sync
+    return grpc
+
+
 def client_answering(*answers: Any) -> tuple[TritonClient, MagicMock, list[tuple[str, str]]]:
     retries: list[tuple[str, str]] = []
     client = TritonClient(TritonSettings(), on_retry=lambda m, why: retries.append((m, why)))
-    grpc = MagicMock()
-    grpc.infer = AsyncMock(side_effect=list(answers))
-    client._client = grpc
-    return client, grpc, retries
+    return client, patched(client, *answers), retries
 
 
-def infer(client: TritonClient) -> Any:
-    return asyncio.run(client._infer("mobilenet_v3_small", [], []))
+Infer = Callable[..., Any]
 
 
-def test_a_crashed_instance_is_retried_once_and_the_retry_answers() -> None:
+@pytest.fixture(params=["aio", "blocking"])
+def infer(request: pytest.FixtureRequest) -> Infer:
+    """One inference with the client's retries: awaited on an event loop, or blocking (a worker thread)."""
+
+    def run(client: TritonClient, instances: int = 1) -> Any:
+        if request.param == "aio":
+            return asyncio.run(client._infer("mobilenet_v3_small", [], [], instances=instances))
+        return client._infer_blocking("mobilenet_v3_small", [], [], instances=instances)
+
+    return run
+
+
+def test_a_crashed_instance_is_retried_once_and_the_retry_answers(infer: Infer) -> None:
     client, grpc, retries = client_answering(CRASHED, "answer")
     assert infer(client) == "answer"
     assert grpc.infer.await_count == 2
     assert retries == [("mobilenet_v3_small", "crashed_instance")], "each retry is counted by reason"
 
 
-def test_a_crash_on_every_try_means_the_model_is_degraded() -> None:
+def test_a_crash_on_every_try_means_the_model_is_degraded(infer: Infer) -> None:
     client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded) as e:
         infer(client)
@@ -49,7 +68,7 @@ def test_a_crash_on_every_try_means_the_model_is_degraded() -> None:
     assert grpc.infer.await_count == 3, "retried twice at least, not more"
 
 
-def test_other_failures_are_not_retried() -> None:
+def test_other_failures_are_not_retried(infer: Infer) -> None:
     client, grpc, retries = client_answering(BROKEN, "never")
     with pytest.raises(InferenceFailed) as e:
         infer(client)
@@ -57,13 +76,13 @@ def test_other_failures_are_not_retried() -> None:
     assert grpc.infer.await_count == 1 and retries == []
 
 
-def test_with_three_instances_a_crash_is_retried_once_per_instance() -> None:
+def test_with_three_instances_a_crash_is_retried_once_per_instance(infer: Infer) -> None:
     client, grpc, retries = client_answering(CRASHED, CRASHED, CRASHED, "answer")
-    assert asyncio.run(client._infer("mobilenet_v3_small", [], [], instances=3)) == "answer"
+    assert infer(client, instances=3) == "answer"
     assert len(retries) == 3
     client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded):
-        asyncio.run(client._infer("mobilenet_v3_small", [], [], instances=3))
+        infer(client, instances=3)
     assert grpc.infer.await_count == 4
 
 
@@ -90,10 +109,7 @@ INVALID = InferenceServerException("unexpected shape for input 'input'", "Status
 def pool_answering(url: str, *answers: Any, **settings: Any) -> tuple[TritonClient, MagicMock, list[tuple[str, str]]]:
     retries: list[tuple[str, str]] = []
     client = TritonClient(TritonSettings(url=url, **settings), on_retry=lambda m, why: retries.append((m, why)))
-    grpc = MagicMock()
-    grpc.infer = AsyncMock(side_effect=list(answers))
-    client._client = grpc
-    return client, grpc, retries
+    return client, patched(client, *answers), retries
 
 
 @pytest.mark.parametrize(
@@ -132,14 +148,14 @@ def test_several_tritons_are_balanced_round_robin_and_one_keeps_grpcs_default(mo
 
 @pytest.mark.parametrize(("error", "reason"), [(RESET, "endpoint_unavailable"), (MISSING, "endpoint_lacks_model")])
 def test_with_several_tritons_a_call_that_met_an_unusable_one_goes_to_another(
-    error: InferenceServerException, reason: str
+    error: InferenceServerException, reason: str, infer: Infer
 ) -> None:
     client, grpc, retries = pool_answering(TWO, error, "answer")
     assert infer(client) == "answer"
     assert grpc.infer.await_count == 2 and retries == [("mobilenet_v3_small", reason)]
 
 
-def test_endpoint_retries_are_bounded_by_the_number_of_tritons() -> None:
+def test_endpoint_retries_are_bounded_by_the_number_of_tritons(infer: Infer) -> None:
     # given two Tritons that both refuse (both down)
     client, grpc, retries = pool_answering(TWO, REFUSED, REFUSED, REFUSED, "never")
     with pytest.raises(InferenceUnavailable) as e:
@@ -157,7 +173,7 @@ def test_endpoint_retries_are_bounded_by_the_number_of_tritons() -> None:
 
 
 @pytest.mark.parametrize("error", [RESET, REFUSED, MISSING])
-def test_with_one_triton_nothing_is_sent_elsewhere(error: InferenceServerException) -> None:
+def test_with_one_triton_nothing_is_sent_elsewhere(error: InferenceServerException, infer: Infer) -> None:
     client, grpc, retries = pool_answering("localhost:8001", error, "never")
     with pytest.raises((InferenceUnavailable, ModelNotFound)):
         infer(client)
@@ -166,7 +182,7 @@ def test_with_one_triton_nothing_is_sent_elsewhere(error: InferenceServerExcepti
 
 @pytest.mark.parametrize(("error", "kind"), [(LATE, InferenceTimeout), (INVALID, InferenceFailed)])
 def test_what_cannot_be_transient_is_not_retried_on_another_triton(
-    error: InferenceServerException, kind: type[Exception]
+    error: InferenceServerException, kind: type[Exception], infer: Infer
 ) -> None:
     # a spent deadline stays spent; a request Triton rejected would be rejected by every Triton
     client, grpc, retries = pool_answering(TWO, error, "never")
@@ -175,7 +191,7 @@ def test_what_cannot_be_transient_is_not_retried_on_another_triton(
     assert grpc.infer.await_count == 1 and retries == []
 
 
-def test_the_older_retries_still_work_beside_the_endpoint_ones() -> None:
+def test_the_older_retries_still_work_beside_the_endpoint_ones(infer: Infer) -> None:
     # a retired version, a crashed instance and a dead Triton in one request: each counted by reason
     client, _, retries = pool_answering(TWO, RETIRED, CRASHED, RESET, "answer")
     assert infer(client) == "answer"
@@ -202,7 +218,7 @@ def timed_answers(*answers: Any, seconds: float) -> tuple[Any, list[float]]:
     return infer_call, timeouts
 
 
-def test_no_endpoint_retry_is_sent_past_the_request_deadline() -> None:
+def test_no_endpoint_retry_is_sent_past_the_request_deadline(infer: Infer) -> None:
     # given a 0.3 s deadline, and a Triton that takes 0.28 s to reset the connection
     client, grpc, retries = pool_answering(TWO, request_timeout_s=0.3)
     grpc.infer, timeouts = timed_answers(RESET, "never", seconds=0.28)
@@ -212,7 +228,7 @@ def test_no_endpoint_retry_is_sent_past_the_request_deadline() -> None:
     assert timeouts == [0.3] and retries == []
 
 
-def test_a_crash_retry_still_gets_the_whole_deadline() -> None:
+def test_a_crash_retry_still_gets_the_whole_deadline(infer: Infer) -> None:
     # Triton takes up to ~1 s to say "not healthy": the older retries keep a full deadline per try
     client, grpc, retries = pool_answering(TWO, request_timeout_s=0.3)
     grpc.infer, timeouts = timed_answers(CRASHED, "answer", seconds=0.28)
@@ -220,7 +236,7 @@ def test_a_crash_retry_still_gets_the_whole_deadline() -> None:
     assert timeouts == [0.3, 0.3] and [why for _, why in retries] == ["crashed_instance"]
 
 
-def test_an_endpoint_retry_gets_what_is_left_of_the_deadline() -> None:
+def test_an_endpoint_retry_gets_what_is_left_of_the_deadline(infer: Infer) -> None:
     client, grpc, _ = pool_answering(TWO, request_timeout_s=1.0)
     grpc.infer, timeouts = timed_answers(RESET, "answer", seconds=0.1)
     assert infer(client) == "answer"

@@ -4,7 +4,7 @@ preprocess → Triton → post-processing, and what it does when Triton refuses.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from unittest.mock import AsyncMock
 
 import numpy as np
@@ -15,11 +15,11 @@ from gateway.errors import BadImage, BadRequest, InferenceFailed, InferenceUnava
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.client import TritonClient
 from gateway.inference.model import Detections
-from gateway.inference.predictor import Predictor
+from gateway.inference.predictor import Predictor, Workers
 from gateway.schema import ClassificationResult, ClassScore, DetectionResult
 from harness.helpers import CLASSIFIER_INFO as CLASSIFIER
 from harness.helpers import DETECTOR_INFO as DETECTOR
-from harness.helpers import encode, scene
+from harness.helpers import blocking_twins, encode, scene
 
 JPEG = encode(scene(640, 480), "JPEG")
 
@@ -32,9 +32,10 @@ def rig(**settings: object) -> tuple[Predictor, AsyncMock, ModelCatalog]:
         [Detections(np.array([[64, 48, 128, 96]], np.float32), np.array([0.8], np.float32), np.array([1]))],
         "1",
     )
+    blocking_twins(client)
     s = Settings(**settings)  # type: ignore[arg-type]
     catalog = ModelCatalog(s, client)
-    return Predictor(s, client, catalog, ThreadPoolExecutor(2)), client, catalog
+    return Predictor(s, client, catalog, Workers(s)), client, catalog
 
 
 def test_an_upload_is_classified_with_the_models_own_input() -> None:
@@ -55,6 +56,27 @@ def test_a_detector_upload_gets_boxes_in_the_client_image() -> None:
     assert batch.shape == (1, 3, 360, 640), "letterboxed into frame_width x frame_height"
     box = out.result.boxes[0]
     assert (box.x1, box.y1, box.x2, box.y2) == (85.33, 64, 170.67, 128), "640x480 -> 480x360: boxes x 4/3"
+
+
+def test_an_upload_of_a_known_model_is_decoded_prepared_and_sent_from_one_worker_thread() -> None:
+    predictor, client, _ = rig()
+    asyncio.run(predictor.predict(JPEG))  # the first: the model's facts are read on the event loop
+    assert client.classify_blocking.call_count == 0 and client.classify.await_count == 1
+    threads: list[str] = []
+    original = client.classify_blocking.side_effect
+
+    def from_thread(*a: object) -> object:
+        threads.append(threading.current_thread().name)
+        return original(*a)
+
+    client.classify_blocking.side_effect = from_thread
+    for model in ("mobilenet_v3_small", "person_detector", "mobilenet_v3_small"):
+        asyncio.run(predictor.predict(JPEG, model=model))
+    assert client.classify_blocking.call_count == 2 and threads and all(t.startswith("upload") for t in threads)
+    assert client.detect.await_count == 1, "the detector's first upload: its facts read, then asked on the loop"
+    out = asyncio.run(predictor.predict(JPEG, model="person_detector"))
+    assert client.detect_blocking.call_count == 1 and isinstance(out.result, DetectionResult)
+    assert out.inference_ms > 0 and out.decode_ms > 0 and out.preprocess_ms > 0
 
 
 def test_a_bad_image_is_refused_before_triton_is_asked() -> None:
