@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per level (default: %(default)s)")
     p.add_argument("--concurrency", type=ints, default=(1, 4, 8, 16), help="(b) levels (default: 1,4,8,16)")
     p.add_argument("--gateway-concurrency", type=ints, default=(1, 4, 8), help="(c) levels (default: 1,4,8)")
+    p.add_argument(
+        "--paired-requests",
+        type=int,
+        default=300,
+        help="(c) requests of each, gateway and direct taking turns at concurrency 1 (0: none; default: 300)",
+    )
     p.add_argument("--ort-batches", type=ints, default=(1, 8, 16), help="(a) batch sizes (default: 1,8,16)")
     p.add_argument("--clients", default="aio,sync", help="(b) gRPC clients: aio, sync or both (default: %(default)s)")
     p.add_argument("--only", default="a,b,c", help="parts to run (default: %(default)s)")
@@ -123,6 +129,15 @@ def run(args: argparse.Namespace) -> Run:
                         load = Load(c, args.warmup, args.duration)
                         add(gateway_load.measure_gateway(gw.url, data, load, window({"gateway": pid(gpid)})))
                         add(gateway_load.measure_direct(tri.grpc_url, spec, data, load, window({"gateway": pid(gpid)})))
+                    if args.paired_requests:
+                        print(f"(c) paired at concurrency 1: {args.paired_requests} requests each", flush=True)
+                        result.paired = dict(
+                            zip(
+                                ("gateway", "direct"),
+                                gateway_load.measure_paired(gw.url, tri.grpc_url, spec, data, args.paired_requests),
+                                strict=True,
+                            )
+                        )
     return result
 
 
@@ -130,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
         args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 0.5)
+        args.paired_requests = min(args.paired_requests, 60)
     result = run(args)
     path = result.write(args.out)
     print()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
+import time
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -17,7 +19,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from bench.loops import Load, LoopResult, run_async, run_threads
-from bench.results import Level
+from bench.results import Latency, Level
 from bench.triton_load import CHANNEL_ARGS, OUTPUT, ModelSpec, StatsWindow, level
 from gateway.preprocess import classifier_input, decode_image, normalize
 
@@ -97,6 +99,57 @@ async def _gateway_loop(url: str, data: bytes, load: Load, window: StatsWindow, 
 def measure_gateway(url: str, data: bytes, load: Load, window: StatsWindow, *, top_k: int = 5) -> Level:
     r = asyncio.run(_gateway_loop(url, data, load, window, top_k))
     return level("gateway", "http keep-alive", load, r, window)
+
+
+def measure_paired(
+    url: str, grpc_url: str, spec: ModelSpec, data: bytes, requests: int, *, top_k: int = 5
+) -> tuple[Latency, Latency]:
+    """Concurrency 1, the gateway and the direct client taking turns request by request (which goes
+    first alternates), so that a machine whose speed drifts between levels (this one's does by
+    ±10 %) slows both alike: the p50 ratio of the two is the gateway's cost, measured side by side."""
+    parsed = urlsplit(url)
+    head = (
+        f"POST /predict?top_k={top_k} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    client = grpcclient.InferenceServerClient(grpc_url, channel_args=CHANNEL_ARGS)
+    outputs = [grpcclient.InferRequestedOutput(OUTPUT, class_count=top_k)]
+    crop = (spec.shape[1], spec.shape[2])
+
+    def direct() -> None:
+        image = decode_image(data, allowed=("image/jpeg",), max_pixels=40_000_000)
+        chw = classifier_input(image, resize_size=256, crop_hw=crop)
+        x = chw if spec.datatype == "UINT8" else normalize(chw, MEAN, STD)
+        if client.infer(spec.name, [spec.infer_input(x[np.newaxis])], outputs=outputs).as_numpy(OUTPUT) is None:
+            raise RuntimeError("no output")
+
+    with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 80)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+
+        def gateway() -> None:
+            sock.sendall(head + data)
+            status = reader.readline().split(b" ", 2)[1]
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = reader.read(length)
+            if status != b"200":
+                raise RuntimeError(f"HTTP {status!r}: {body[:200]!r}")
+
+        times: dict[str, list[float]] = {"gateway": [], "direct": []}
+        calls = {"gateway": gateway, "direct": direct}
+        try:
+            for i in range(requests + 20):  # the first 20 pairs warm both up
+                for name in ("gateway", "direct") if i % 2 else ("direct", "gateway"):
+                    t0 = time.perf_counter()
+                    calls[name]()
+                    if i >= 20:
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            client.close()
+    return Latency.of(times["gateway"]), Latency.of(times["direct"])
 
 
 def measure_direct(

@@ -75,6 +75,7 @@ class Run:
     started_utc: str
     config: dict[str, Any]
     levels: list[Level] = field(default_factory=list)
+    paired: dict[str, Latency] = field(default_factory=dict)  # measure_paired: "gateway", "direct"
 
     def best(self, path: str, *, concurrency: int | None = None, batch: int | None = None) -> Level | None:
         found = [
@@ -99,6 +100,8 @@ class Run:
             if direct:
                 out[f"gateway p50 / direct p50 @{lv.concurrency}"] = lv.latency.p50_ms / direct.latency.p50_ms
                 out[f"gateway / direct img/s @{lv.concurrency}"] = lv.images_per_s / direct.images_per_s
+        if self.paired:
+            out["gateway p50 / direct p50 @1, paired"] = self.paired["gateway"].p50_ms / self.paired["direct"].p50_ms
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +111,14 @@ class Run:
             if lv.triton is not None:
                 d["triton"]["avg_batch"] = lv.triton.avg_batch
             levels.append(d)
-        return {"started_utc": self.started_utc, "config": self.config, "levels": levels, "ratios": self.ratios()}
+        paired = {name: asdict(lat) for name, lat in self.paired.items()}
+        return {
+            "started_utc": self.started_utc,
+            "config": self.config,
+            "levels": levels,
+            "paired": paired,
+            "ratios": self.ratios(),
+        }
 
     def write(self, directory: Path, prefix: str = "") -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,9 @@ def table(run: Run) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if any(lv.disturbed for lv in run.levels):
         lines.append("* other processes used > 0.25 core during this level (see CPU 'other'): numbers are low")
+    if run.paired:
+        g, d = run.paired["gateway"], run.paired["direct"]
+        lines.append(f"\npaired @1 (taking turns): gateway p50 {g.p50_ms:.2f} ms, direct p50 {d.p50_ms:.2f} ms")
     ratios = run.ratios()
     if ratios:
         lines.append("")

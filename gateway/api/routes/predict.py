@@ -3,8 +3,11 @@ with boxes (detector), and timings, out.
 
 The route is on the hot path of every upload, so it avoids FastAPI's per-parameter
 machinery: the four options are read by ``_options`` (one function for the query and
-the form fields, documented from one table), and the answer is serialized once by
-pydantic, not validated again by FastAPI (``response_model`` still documents it).
+the form fields, documented from one table), the key is checked by ``check_key`` (the
+same guard as ``KEY_REQUIRED``, its security declared in the document by hand) and the
+lifespan's objects are read from the app's state, not solved as dependencies, and the
+answer is serialized once by pydantic, not validated again by FastAPI
+(``response_model`` still documents it).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from gateway.api.auth import KEY_REQUIRED
-from gateway.api.deps import PredictorDep, SettingsDep
+from gateway.api.auth import KEY_SECURITY, check_key
 from gateway.api.errors import responses
 from gateway.api.timing import PREDICTED_MODEL
 from gateway.api.uploads import IMAGE_FIELD, OCTET_STREAM, read_image_upload
+from gateway.config import Settings
 from gateway.errors import BadRequest
+from gateway.inference.predictor import Predictor
 from gateway.parsing import ascii_digits, parse_bool
 from gateway.schema import MODEL_NAME_PATTERN, PredictResponse, Timings, predict_response
 
@@ -114,12 +118,14 @@ def _options(fields: Mapping[str, str], invalid: Invalid) -> dict[str, Any]:
     "/predict",
     response_model=PredictResponse,
     responses=responses(400, 401, 404, 413, 415, 422, 502, 503),
-    dependencies=[KEY_REQUIRED],  # before the upload is read
-    openapi_extra={"parameters": PARAMETERS, "requestBody": REQUEST_BODY},
+    openapi_extra={"parameters": PARAMETERS, "requestBody": REQUEST_BODY, "security": KEY_SECURITY},
     summary="Classify one image, or detect persons in it (multipart field `image`, or a raw image body).",
 )
-async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep) -> Response:
+async def predict(request: Request) -> Response:
     t0 = time.perf_counter()
+    await check_key(request)  # before the upload is read
+    settings: Settings = request.app.state.settings
+    predictor: Predictor = request.app.state.predictor
     query = _options(request.query_params, _query_error)  # 422 before the upload is read
     upload = await read_image_upload(request, max_bytes=settings.upload.max_bytes)
     options = {**_options(upload.fields, _form_error), **query} if upload.fields else query
