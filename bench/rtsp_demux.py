@@ -1,14 +1,18 @@
 """``python -m bench.rtsp_demux``: the CPU cost of reading RTSP with PyAV, per packet (frame).
 
-N threads each read one RTSP stream (a GStreamer test server, 640x360 at 25 fps, the
-live rig of ``bench.stream_density``).  Arms, each on a fresh server, in one run:
+N threads each read one RTSP stream (a GStreamer test server, 640x360 at 25 fps: the
+live rig of ``bench.stream_density``, every client's keyframes at the same instant, or
+with ``--rig phased`` a pre-encoded clip (GOP 25) at 16 mount points joined in turn, so
+keyframes come in 16 phases, as cameras' do).  Arms, each on a fresh server, in one run:
 
 - ``interrupt``: demux only, reads bounded by PyAV's interrupt callback
   (``timeout=(open, read)``), which takes the GIL at every poll of every socket read;
 - ``socket``: demux only, reads bounded by FFmpeg's own socket timeout (the ``timeout``
   option), the open by the callback (``timeout=(open, None)``): what the reader does;
 - ``reader``: the gateway's ``PyAvReader`` at 1 fps (keyframe mode: demux, and one
-  keyframe a second decoded, converted and published), no gateway around it.
+  keyframe a second decoded, converted and published), no gateway around it, reading
+  between keyframes in bursts (``ingest.burst_kib``, the default);
+- ``reader-each``: the same reader waking for each frame as it arrives (``burst_kib: 0``).
 
 Each arm runs at every ``--kbps`` (the encoder's bitrate cap; ``--pattern snow`` fills
 it, the default ball needs ~140 kbit/s).  ``--processes K`` spreads the N streams over
@@ -27,30 +31,36 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import av
 
 from gateway.ingest import PyAvReader, ReaderConfig, parse_source
+from harness.peers.clips import write_clip
 from harness.peers.rtsp import RtspServer
 
 OPTIONS = {"analyzeduration": "0", "probesize": "32", "timeout": "5000000"}
 CAMERA_FPS = 25
+MOUNTS = 16  # --rig phased: mount points, each shared from when its first client joined
 STAGGER_S = 0.05  # clients join one at a time: the shared test session does not like a stampede
 
 
 class Load:
-    """``streams`` readers of ``url`` in this process, counting packets and bytes."""
+    """``streams`` readers in this process, round-robin over ``urls``, counting packets and bytes."""
 
-    def __init__(self, url: str, arm: str, streams: int, transport: str) -> None:
+    def __init__(self, urls: list[str], arm: str, streams: int, transport: str) -> None:
         self.counts, self.sizes = [0] * streams, [0] * streams
         self.stop = threading.Event()
         self.readers: list[PyAvReader] = []
         self.threads: list[threading.Thread] = []
         for i in range(streams):
-            if arm == "reader":
-                cfg = ReaderConfig(sample_fps=1, width=640, height=360, rtsp_transport=transport)
+            url = urls[i % len(urls)]
+            if arm in ("reader", "reader-each"):
+                burst = ReaderConfig.burst_kib if arm == "reader" else 0
+                cfg = ReaderConfig(sample_fps=1, width=640, height=360, rtsp_transport=transport, burst_kib=burst)
                 self.readers.append(PyAvReader(f"s{i}", parse_source(url), cfg))
                 self.readers[-1].start()
             else:
@@ -93,10 +103,10 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(url: str, arm: str, streams: int, *, seconds: float, transport: str, processes: int) -> str:
+def measure(urls: list[str], arm: str, streams: int, *, seconds: float, transport: str, processes: int) -> str:
     if processes > 1:
-        return _measure_processes(url, arm, streams, seconds=seconds, transport=transport, processes=processes)
-    load = Load(url, arm, streams, transport)
+        return _measure_processes(urls, arm, streams, seconds=seconds, transport=transport, processes=processes)
+    load = Load(urls, arm, streams, transport)
     try:
         time.sleep(2.0)
         (c0, b0), r0, t0 = load.packets(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -109,9 +119,11 @@ def measure(url: str, arm: str, streams: int, *, seconds: float, transport: str,
     return _line(arm, transport, streams, 1, kbps=kbps, packets=max(1, c1 - c0), wall=t1 - t0, user=user, system=system)
 
 
-def _measure_processes(url: str, arm: str, streams: int, *, seconds: float, transport: str, processes: int) -> str:
+def _measure_processes(
+    urls: list[str], arm: str, streams: int, *, seconds: float, transport: str, processes: int
+) -> str:
     per = streams // processes
-    cmd = [sys.executable, "-m", "bench.rtsp_demux", "--child", url, "--arms", arm, "--streams", str(per)]
+    cmd = [sys.executable, "-m", "bench.rtsp_demux", "--child", ",".join(urls), "--arms", arm, "--streams", str(per)]
     children = []
     try:
         for _ in range(processes):
@@ -148,7 +160,7 @@ def _line(
     split = "" if system is None else f" (user {user / packets * 1e6:.1f}, system {system / packets * 1e6:.1f})"
     rate = "     " if kbps is None else f"{kbps:5.0f}"
     return (
-        f"{arm:9s} {transport} streams={streams:3d} processes={processes:2d} kbit/s/stream={rate} "
+        f"{arm:11s} {transport} streams={streams:3d} processes={processes:2d} kbit/s/stream={rate} "
         f"packets/s={packets / wall:6.0f} cores={cpu / wall:.3f} us/packet={cpu / packets * 1e6:6.1f}{split} "
         f"millicores/stream={cpu / wall / streams * 1000:4.1f}"
     )
@@ -157,27 +169,37 @@ def _line(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rtsp_demux", description=__doc__)
     p.add_argument("--streams", type=int, default=32, help="RTSP clients (default: %(default)s)")
-    p.add_argument("--arms", default="interrupt,socket", help="interrupt, socket, reader (default: %(default)s)")
+    p.add_argument(
+        "--arms", default="interrupt,socket", help="interrupt, socket, reader, reader-each (default: %(default)s)"
+    )
+    p.add_argument("--rig", default="live", choices=("live", "phased"), help="what the server sends (default: live)")
     p.add_argument("--transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (default: tcp)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per arm (default: %(default)s)")
     p.add_argument("--kbps", default="2048", help="the server's bitrate caps, comma-separated (default: %(default)s)")
     p.add_argument("--pattern", default="ball", help="the test pattern: ball (~140 kbit/s), snow (fills the cap)")
     p.add_argument("--processes", type=int, default=1, help="processes to spread the streams over (default: 1)")
-    p.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)  # one of --processes: read until killed
+    p.add_argument("--child", metavar="URLS", help=argparse.SUPPRESS)  # one of --processes: read until killed
     args = p.parse_args(argv)
     if args.child:
-        Load(args.child, args.arms, args.streams, args.transport)
+        Load(args.child.split(","), args.arms, args.streams, args.transport)
         print("ready", flush=True)
         threading.Event().wait()
-    for kbps in (int(k) for k in args.kbps.split(",")):
-        for arm in args.arms.split(","):
-            server = RtspServer(kbps=kbps, pattern=args.pattern)
-            try:
-                how = {"seconds": args.seconds, "transport": args.transport, "processes": args.processes}
-                line = measure(server.url, arm, args.streams, **how)
-                print(line, flush=True)
-            finally:
-                server.stop()
+    with tempfile.TemporaryDirectory(prefix="rtsp-demux-") as work:
+        clip = None
+        if args.rig == "phased":  # a keyframe a second; long enough for every arm's run
+            clip = write_clip(Path(work) / "camera.mp4", seconds=int(args.seconds) + 60, fps=CAMERA_FPS)
+        for kbps in (int(k) for k in args.kbps.split(",")):
+            for arm in args.arms.split(","):
+                if clip is None:
+                    server = RtspServer(kbps=kbps, pattern=args.pattern)
+                else:
+                    server = RtspServer(fps=CAMERA_FPS, gop=CAMERA_FPS, file=clip, mounts=MOUNTS, shared_file=True)
+                try:
+                    how = {"seconds": args.seconds, "transport": args.transport, "processes": args.processes}
+                    line = measure(server.urls, arm, args.streams, **how)
+                    print(f"{args.rig:6s} {line}", flush=True)
+                finally:
+                    server.stop()
     return 0
 
 

@@ -19,6 +19,10 @@ process of its own (nothing shared between arms):
 - **pyav-keyframes**: the PyAV reader with ``ingest.decode: auto``, which decodes
   keyframes only when sample_fps is at or below the keyframe rate (1/s here); run
   only at such rates (above, auto *is* pyav-all), and GET /streams must say so;
+  between keyframes its readers nap and read what arrived in one burst
+  (``ingest.burst_kib``, the default);
+- **pyav-keyframes-each**: the same, its readers waking for each frame as it arrives
+  (``ingest.burst_kib: 0``);
 - **naive**: one thread per stream running ``VideoCapture.read()`` and, when a
   sample is due, preprocess + a synchronous Triton call in the same loop.
 
@@ -96,6 +100,11 @@ ARMS = {
         Arm("opencv", {"APP_INGEST__BACKEND": "opencv"}),
         Arm("pyav-all", {"APP_INGEST__BACKEND": "pyav", "APP_INGEST__DECODE": "all"}),
         Arm("pyav-keyframes", {"APP_INGEST__BACKEND": "pyav", "APP_INGEST__DECODE": "auto"}, keyframes=True),
+        Arm(
+            "pyav-keyframes-each",
+            {"APP_INGEST__BACKEND": "pyav", "APP_INGEST__DECODE": "auto", "APP_INGEST__BURST_KIB": "0"},
+            keyframes=True,
+        ),
         Arm("naive", None),
     )
 }

@@ -264,6 +264,14 @@ class IngestSettings(_Section):
     decoder_threads: int = Field(
         1, ge=0, le=64, description="PyAV: decoder threads per stream; 1 suits many cameras, 0 lets FFmpeg choose."
     )
+    burst_kib: int = Field(
+        64,
+        ge=0,
+        le=65536,
+        description="PyAV, keyframe mode, RTSP over TCP: between keyframes the reader sleeps and then reads the frames "
+        "it skips in one burst from the socket's buffer, at most this many KiB of the stream, waking a little before "
+        "the next keyframe is due (~3x less CPU for reading).  0: read each frame as it arrives.",
+    )
     ffmpeg_options: dict[str, str] = Field(
         default_factory=dict,
         description="Extra FFmpeg options for every open, e.g. {buffer_size: '1048576'} (PyAV: per open; OpenCV: "

@@ -22,6 +22,12 @@ the GIL each time FFmpeg polls it, on every socket read, which measured 2.2-2.5x
 the demuxing CPU at 32 streams (414-459 against 186-197 us per packet,
 ``python -m bench.rtsp_demux``).  Each frame carries its capture time on the
 camera's clock (``SourceClock``: RTCP sender reports where the camera sends them).
+In keyframe mode, an RTSP stream over TCP is read in bursts (``Naps``): at the live
+edge, the reader sleeps until a little before the next keyframe is due, and then reads
+the frames it skips in one go from the socket's buffer (at most ``burst_kib`` of them),
+instead of waking for each.  A frozen source is then noticed within the read timeout
+plus one nap (a quarter of the read timeout at most); the watchdog, which watches
+silence, not reads, still marks it stalled after the read timeout.
 ``ingest.hwaccel`` decodes on a hardware device (NVDEC through ``cuda``, VAAPI,
 ...); when the device cannot be opened the reader says so once and decodes in
 software.
@@ -42,7 +48,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from gateway.ingest.reader import ReaderConfig, StreamReader, next_due
-from gateway.ingest.sampling import DecodePlan, SourceClock
+from gateway.ingest.sampling import LIVE_WAIT_S, NAP_READ_TIMEOUT_SHARE, DecodePlan, Naps, SourceClock
 from gateway.ingest.sources import SourceKind, ffmpeg_option_dict, redact_text
 
 log = logging.getLogger(__name__)
@@ -108,7 +114,8 @@ class PyAvReader(StreamReader):
             log.warning("stream %s: %s has no video stream", self.stream_id, self.spec.display)
             return "empty"
         self.stats.codec = container.streams.video[0].codec_context.name
-        r = _Pass(container, self.config, self.stream_id)
+        r = _Pass(container, self.config, self.stream_id, self._naps())
+        naps = r.naps
         while not self._stop.is_set():
             packet = self._next(r, gen)
             if isinstance(packet, str):
@@ -117,10 +124,31 @@ class PyAvReader(StreamReader):
                 continue
             if not self.spec.live and packet.dts is not None and self._pace(r, packet.dts * r.tb):
                 return "stopped"
+            if naps is not None:
+                naps.packet(r.media(packet), r.read_at, packet.size, packet.is_keyframe)
             for whole in r.pictures.push(packet):
                 if not self._packet(r, whole, gen):
                     return "superseded"
+            if naps is not None and r.waited >= LIVE_WAIT_S and r.mode == "keyframes" and self._nap(naps):
+                return "stopped"
         return "stopped"
+
+    def _naps(self) -> Naps | None:
+        """Keyframe mode's naps, for an RTSP stream over TCP (whose socket buffers what arrives
+        meanwhile, and loses nothing): None for other sources, or where turned off."""
+        c = self.config
+        transport = dict(c.ffmpeg_options).get("rtsp_transport", c.rtsp_transport)
+        if self.spec.kind is not SourceKind.RTSP or transport not in ("tcp", "http") or c.burst_kib <= 0:
+            return None
+        return Naps(c.burst_kib * 1024, NAP_READ_TIMEOUT_SHARE * c.read_timeout_s)
+
+    def _nap(self, naps: Naps) -> bool:
+        """Sleep until a little before the next keyframe, if that is worth it.  True if stopped."""
+        seconds = naps.nap(time.monotonic(), self.stats.keyframe_interval_s)
+        if not seconds:
+            return False
+        self.stats.naps, self.stats.napped_s = naps.count, naps.seconds
+        return self._stop.wait(seconds)
 
     def _next(self, r: _Pass, gen: int) -> _Packet | str | None:
         """The next packet with data; else None to go on (a looped file, a flush packet) or the
@@ -135,6 +163,8 @@ class PyAvReader(StreamReader):
         except (av.FFmpegError, OSError) as e:
             log.info("stream %s: read failed: %s", self.stream_id, redact_text(str(e)))
             packet = None
+        r.read_at = time.monotonic()
+        r.waited = r.read_at - asked
         if gen != self._generation:
             return "superseded"
         if packet is None:  # the end, or an error
@@ -275,8 +305,11 @@ class _Pictures:
 class _Pass:
     """One open source's reading state: the demuxer, the decode plan, the clock, the pacing."""
 
-    def __init__(self, container: InputContainer, config: ReaderConfig, stream_id: str) -> None:
+    def __init__(self, container: InputContainer, config: ReaderConfig, stream_id: str, naps: Naps | None) -> None:
         self.container = container
+        self.naps = naps
+        self.read_at = 0.0  # when the last read returned (monotonic)
+        self.waited = 0.0  # and how long it waited for its packet
         self.stream = container.streams.video[0]
         self.codec: VideoCodecContext = self.stream.codec_context
         self.codec.thread_count = config.decoder_threads

@@ -121,6 +121,7 @@ class ReaderConfig:
     hwaccel: str | None = None  # PyAV: an FFmpeg hardware device type (cuda, vaapi, ...); None: software
     decoder_threads: int = 1  # PyAV: decoder threads per stream (0: FFmpeg picks)
     ffmpeg_options: tuple[tuple[str, str], ...] = ()  # extra options for every open (the whitelist wins)
+    burst_kib: int = 64  # PyAV, keyframe mode, RTSP over TCP: read between keyframes in bursts of at most this; 0: off
 
 
 @dataclass
@@ -138,6 +139,8 @@ class ReaderStats:
     mode_switches: int = 0  # changes of decode_mode after the first choice
     clock: Clock = "reader"  # where the last frame's source_at came from
     hwaccel: str | None = None  # the hardware decoder in use, None for software
+    naps: int = 0  # PyAV, keyframe mode: sleeps between keyframes (the frames between read in one burst after)
+    napped_s: float = 0.0  # and how long they lasted in all
     codec: str | None = None  # the video codec, FFmpeg's name (h264, hevc, mjpeg, ...); None until opened
     last_read_mono: float | None = None  # the last frame the source delivered, sampled or not
     state_changes: Counter[StreamState] = field(default_factory=Counter)

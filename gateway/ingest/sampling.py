@@ -15,6 +15,13 @@ timestamp, and times counted from the first packet), otherwise by anchoring the 
 to the earliest arrival seen, so that reader-side delays (buffers, a slow
 decoder) still show in the frame's age.  A jump in the timestamps (a looped file,
 an encoder that restarts its timeline) is bridged, so the mapping stays valid.
+
+``Naps`` lets a keyframe-mode reader of a live TCP stream sleep between keyframes and
+read what arrived meanwhile in one burst (the socket's buffer holds it), waking a
+little before the next keyframe is due, instead of waking for each of the 24 frames
+in 25 it skips: a wake costs more than the read (the kernel's scheduling, and the GIL
+handed between reader threads), and napping readers of cameras out of phase cost a
+third less (``python -m bench.rtsp_demux --rig phased --arms reader-each,reader``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ JUMP_BACK_DTS_S = 0.001  # decoding time never goes back: any step back is a jum
 JUMP_BACK_S = 0.5  # presentation time may, by a few frames (B-frames): this much is a jump
 JUMP_AHEAD_S = 1.0  # ... and so is presentation time running this much ahead of the arrivals
 DRIFT = 1e-3  # the PTS anchor may move 1 ms later per second: a camera clock slower than ours
+LIVE_WAIT_S = 0.002  # a read that waited this long found its socket empty: the reader is at the live edge
+NAP_GUARD_S = 0.08  # a nap ends this long before the next keyframe is due at the least ...
+NAP_GUARD_SHARE = 0.1  # ... or this share of the keyframe interval where that is longer (the network's jitter)
+NAP_MIN_S = 0.05  # a shorter nap would save next to nothing
+NAP_READ_TIMEOUT_SHARE = 0.25  # a nap lasts at most this share of the read timeout
+RATE_WINDOW_S = 2.0  # the stream's bitrate is measured over this much of its media time
 
 
 class DecodePlan:
@@ -137,3 +150,67 @@ class SourceClock:
             self._offset = min(self._offset + DRIFT * max(0.0, arrival - self._last_arrival), offset)
         self._last_arrival = arrival
         return t + self._offset, "pts"
+
+
+class Naps:
+    """When a keyframe-mode reader at the live edge of a TCP stream may sleep, and for how long.
+
+    The next keyframe is due at the last one's presentation time plus the measured keyframe
+    interval, on the arrival timeline: media time plus the live edge's offset, the smallest
+    arrival-minus-media time over this keyframe interval and the one before (packets read
+    from the socket's buffer arrive late and never set it; a window, not the smallest ever,
+    so an early outlier or a timeline that jumped ahead is forgotten after two keyframes).
+    A nap ends ``max(NAP_GUARD_S, NAP_GUARD_SHARE * interval)`` before the keyframe is due,
+    so keyframes are still read as they arrive; it never lets more than ``budget_bytes`` of
+    the stream (at its measured bitrate) wait in the socket, nor lasts more than ``max_s``.
+    A timeline that jumps back (a restarted encoder) starts the estimate afresh."""
+
+    def __init__(self, budget_bytes: int, max_s: float) -> None:
+        self.budget_bytes = budget_bytes
+        self.max_s = max_s
+        self.count = 0  # naps taken
+        self.seconds = 0.0  # and their total length
+        self._edges: tuple[float, float] | None = None  # the smallest arrival - media time: (last interval, this one)
+        self._last: tuple[float, float] | None = None  # the previous packet's (media time, arrival)
+        self._keyframe: float | None = None  # the last keyframe's media time
+        self._window: tuple[float, int] | None = None  # (media time it began, bytes since)
+        self._rate: float | None = None  # bytes per second of media time
+
+    def packet(self, media_s: float | None, arrival: float, size: int, key: bool) -> None:
+        """Every packet read, with its presentation time (seconds), its arrival (monotonic
+        seconds: when the read returned) and its size."""
+        if media_s is None:
+            return
+        offset = arrival - media_s
+        last, edges = self._last, self._edges
+        if last is None or edges is None or media_s < last[0] - JUMP_BACK_S:
+            self._edges, self._keyframe, self._window = (offset, offset), None, None  # a (new) timeline
+        elif key and media_s != self._keyframe:
+            self._edges = (edges[1], offset)
+        elif offset < edges[1]:
+            self._edges = (edges[0], offset)
+        self._last = (media_s, arrival)
+        if key:
+            self._keyframe = media_s
+        window = self._window
+        if window is None or media_s < window[0]:
+            self._window = (media_s, size)
+        elif media_s - window[0] >= RATE_WINDOW_S:
+            self._rate = window[1] / (media_s - window[0])
+            self._window = (media_s, size)
+        else:
+            self._window = (window[0], window[1] + size)
+
+    def nap(self, now: float, interval: float | None) -> float:
+        """Seconds to sleep now (monotonic ``now``), at the live edge; 0: read on."""
+        if self._edges is None or self._keyframe is None or interval is None or interval <= 0:
+            return 0.0
+        due = min(self._edges) + self._keyframe + interval  # when the next keyframe arrives
+        seconds = min(due - max(NAP_GUARD_S, NAP_GUARD_SHARE * interval) - now, self.max_s)
+        if self._rate:
+            seconds = min(seconds, self.budget_bytes / self._rate)
+        if seconds < NAP_MIN_S:
+            return 0.0
+        self.count += 1
+        self.seconds += seconds
+        return seconds

@@ -89,6 +89,7 @@ class StreamWorker:
             decode=config.decode or ing.decode,
             hwaccel=ing.hwaccel,
             decoder_threads=ing.decoder_threads,
+            burst_kib=ing.burst_kib,
             ffmpeg_options=tuple(ing.ffmpeg_options.items()),
         )
         self.backend = ing.backend

@@ -154,6 +154,31 @@ def test_a_stream_whose_gop_grows_switches_to_all_frames_and_keeps_the_rate(tmp_
         assert reader.stats.decode_errors == 0, "no packet reached the decoder without its references"
 
 
+@pytest.mark.parametrize("burst_kib", [64, 0])
+def test_keyframe_mode_sleeps_between_keyframes_and_still_reads_each_as_it_arrives(
+    rtsp: RtspServer, burst_kib: int
+) -> None:
+    # given a GOP-25 camera over TCP sampled at 1 fps, read in bursts between keyframes (64 KiB) or not (0)
+    with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=1, burst_kib=burst_kib))) as reader:
+        wait_until(lambda: reader.stats.decode_mode == "keyframes", 10, what="keyframe mode")
+        wait_until(lambda: reader.stats.clock == "rtcp", 10, what="RTCP sender reports")
+        read, napped, started = reader.stats.frames_read, reader.stats.napped_s, time.monotonic()
+        got = frames(reader, 5.0)
+        read, napped = reader.stats.frames_read - read, reader.stats.napped_s - napped
+        elapsed = time.monotonic() - started
+        # then it sleeps most of the time, or never ...
+        if burst_kib:
+            assert napped >= 0.6 * elapsed, f"asleep {napped:.2f}s of {elapsed:.2f}s"
+        else:
+            assert reader.stats.naps == 0 and reader.stats.napped_s == 0
+        # ... and reads every frame, and each keyframe as it arrives: on the camera's clock, no older
+        # than a frame read live (a keyframe found at the end of a 0.9 s nap would be up to 0.9 s old)
+        assert read >= 115, f"{read} frames read in 5 s of a 25 fps stream"
+        assert 4 <= len(got) <= 6, f"{len(got)} frames in 5 s at sample_fps=1"
+        ages = sorted(f.captured_at - f.source_at for f in got if f.source_at is not None)
+        assert ages and ages[-1] < 0.2, f"ages on the camera's clock {ages}"
+
+
 def test_frame_timestamps_increase_and_follow_the_source_clock(rtsp: RtspServer) -> None:
     with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=2))) as reader:
         wait_until(lambda: reader.stats.clock == "rtcp", 10, what="RTCP sender reports")
@@ -182,20 +207,32 @@ def test_a_known_network_delay_shows_in_the_frame_age(rtsp: RtspServer) -> None:
             assert ages and all(0.8 <= a < 1.4 for a in ages), f"ages {ages} behind a 0.8 s link"
 
 
-def test_a_frozen_source_is_noticed_within_the_read_timeout_and_no_thread_stays_blocked(rtsp: RtspServer) -> None:
+@pytest.mark.parametrize(
+    ("sample_fps", "bound_s"),
+    [(2, 2.0), (1, 2.5)],  # every frame decoded; keyframe mode, napping up to a quarter of the read timeout
+    ids=["all-frames", "keyframes-napping"],
+)
+def test_a_frozen_source_is_noticed_within_the_read_timeout_and_no_thread_stays_blocked(
+    rtsp: RtspServer, sample_fps: int, bound_s: float
+) -> None:
     changes: list[tuple[StreamState, float]] = []
     reader = PyAvReader(
-        "frozen", parse_source(rtsp.url), config(), on_state=lambda c: changes.append((c.new, time.monotonic()))
+        "frozen",
+        parse_source(rtsp.url),
+        config(sample_fps=sample_fps),
+        on_state=lambda c: changes.append((c.new, time.monotonic())),
     )
     with running(reader) as reader:
         wait_until(lambda: reader.state is StreamState.RUNNING, 10, what="running")
+        if sample_fps == 1:
+            wait_until(lambda: reader.stats.naps >= 2, 15, what="naps between keyframes")
         rtsp.freeze()
         try:
             wait_until(lambda: reader.state is StreamState.RECONNECTING, 10, 0.05, what="reconnecting")
             last = reader.stats.last_read_mono
             assert last is not None
             stalled = next(t for s, t in changes if s is StreamState.STALLED)
-            assert stalled - last < 2 + 0.5, f"stalled {stalled - last:.2f}s after the last frame (read timeout 2 s)"
+            assert stalled - last < bound_s + 0.5, f"stalled {stalled - last:.2f}s after the last frame"
             # the frozen connection was closed on the side, and nothing waits on it for long
             wait_until(
                 lambda: not [t for t in threading.enumerate() if t.name == "release-frozen"],

@@ -1,10 +1,11 @@
-"""The PyAV reader's decisions, without a decoder: what to decode, and each frame's capture time."""
+"""The PyAV reader's decisions, without a decoder: what to decode, each frame's capture time, and
+when a keyframe-mode reader may sleep between keyframes."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.ingest.sampling import DRIFT, DecodePlan, SourceClock
+from gateway.ingest.sampling import DRIFT, NAP_MIN_S, DecodePlan, Naps, SourceClock
 
 
 def stamp(clock: SourceClock, pts: float, arrival: float, origin: float | None) -> tuple[float, str]:
@@ -125,3 +126,69 @@ def test_presentation_times_may_step_back_by_a_few_frames() -> None:
     clock.packet(None, 2.0, 2.0)
     clock.packet(None, 0.0, 2.04)  # a looped file
     assert clock.jumps == 1
+
+
+def live(naps: Naps, start: float, seconds: float, *, delay: float = 0.0, size: int = 700) -> float:
+    """Packets of a 25 fps, GOP 25 stream from media time ``start`` for ``seconds``, each read as it
+    arrives ``delay`` after its media time (on a monotonic clock where media time 0 arrives at 100);
+    the keyframes are 10x the size.  Returns the last arrival."""
+    arrival = 100.0
+    for i in range(round(seconds * 25)):
+        t = round(start + i * 0.04, 6)
+        key = abs(t - round(t)) < 1e-6
+        arrival = 100.0 + t + delay
+        naps.packet(t, arrival, size * (10 if key else 1), key)
+    return arrival
+
+
+def test_a_nap_ends_a_guard_before_the_next_keyframe_is_due() -> None:
+    naps = Naps(budget_bytes=1 << 30, max_s=10.0)
+    assert naps.nap(100.0, 1.0) == 0.0, "nothing seen yet: no nap"
+    live(naps, 0.0, 3.04)  # up to and including the keyframe at media time 3.0, arrived at 103.0
+    assert naps.nap(103.0, None) == 0.0, "no interval measured yet: no nap"
+    # the next keyframe arrives at 104.0; the guard is max(80 ms, 10% of the interval)
+    assert naps.nap(103.0, 1.0) == pytest.approx(0.9)
+    assert naps.nap(103.5, 1.0) == pytest.approx(0.4), "woken early (a frame read live): nap the rest"
+    assert naps.nap(103.87, 1.0) == 0.0, "a nap under NAP_MIN_S is not worth it"
+    assert naps.nap(104.3, 1.0) == 0.0, "the keyframe is overdue: read on"
+    assert naps.nap(103.0, 0.5) == pytest.approx(0.42), "a shorter interval: the 80 ms guard"
+    assert naps.count == 3 and naps.seconds == pytest.approx(0.9 + 0.4 + 0.42)
+
+
+def test_the_live_edge_is_the_earliest_arrival_of_the_last_two_intervals() -> None:
+    naps = Naps(budget_bytes=1 << 30, max_s=10.0)
+    live(naps, 0.0, 2.04, delay=0.3)  # read 0.3 s behind ...
+    live(naps, 2.04, 0.2, delay=0.0)  # ... then caught up: the frames that arrive as read set the edge
+    assert naps.nap(102.24, 1.0) == pytest.approx(0.66)
+    # frames read late from the socket's buffer (after a nap) never move the edge later
+    live(naps, 2.24, 0.72, delay=0.5)
+    assert naps.nap(102.5, 1.0) == pytest.approx(0.4)
+    # an edge that was too early (a stall of the network, then a burst ahead of time) is forgotten
+    # after two keyframes: the next keyframe is not expected before it can come
+    naps2 = Naps(budget_bytes=1 << 30, max_s=10.0)
+    naps2.packet(0.0, 99.0, 7000, True)  # an outlier: 1 s early
+    live(naps2, 0.04, 3.0)
+    assert naps2.nap(103.0, 1.0) == pytest.approx(0.9)
+
+
+def test_a_timeline_that_jumps_back_starts_afresh() -> None:
+    naps = Naps(budget_bytes=1 << 30, max_s=10.0)
+    live(naps, 10.0, 2.04)  # keyframe at media 12.0, arrived at 112.0
+    assert naps.nap(112.0, 1.0) == pytest.approx(0.9)
+    naps.packet(0.04, 112.04, 700, False)  # the encoder restarted its timeline
+    assert naps.nap(112.04, 1.0) == 0.0, "no keyframe on the new timeline yet"
+    naps.packet(1.0, 113.0, 7000, True)
+    assert naps.nap(113.0, 1.0) == pytest.approx(0.9)
+
+
+def test_a_nap_never_buffers_more_than_the_budget_nor_lasts_more_than_the_cap() -> None:
+    # 24 frames of 700 bytes and a keyframe of 7000 a second: 23,800 bytes per second of media
+    naps = Naps(budget_bytes=11_900, max_s=10.0)
+    live(naps, 0.0, 3.04)
+    assert naps.nap(103.0, 1.0) == pytest.approx(0.5, rel=0.05), "half a second of the stream fits the budget"
+    capped = Naps(budget_bytes=1 << 30, max_s=0.3)
+    live(capped, 0.0, 3.04)
+    assert capped.nap(103.0, 1.0) == pytest.approx(0.3)
+    tiny = Naps(budget_bytes=500, max_s=10.0)
+    live(tiny, 0.0, 3.04)
+    assert tiny.nap(103.0, 1.0) == 0.0 and NAP_MIN_S * 23_800 > 500, "a budget under a nap's worth: no naps"
