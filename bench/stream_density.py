@@ -248,7 +248,7 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
     lv.decode = dict(Counter(str(r.get("decode")) for r in after.values()))
     decoded = [r["frames_decoded"] - before[s]["frames_decoded"] for s, r in after.items() if s in before]
     lv.decoded_fps = round(sum(decoded) / max(1, len(decoded)) / seconds, 2) if decoded else None
-    for part in ("wait", "preprocess", "batch", "inference"):
+    for part in ("wait", "queue", "preprocess", "batch", "inference"):
         values = [float(v) for e in inside if (v := e.latency.get(part)) is not None]
         lv.parts[part] = (_pct(values, 50), _pct(values, 95))
     delivery = [(e.received - e.captured_at) * 1000 - float(e.latency["total"] or 0) for e in inside]

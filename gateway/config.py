@@ -110,7 +110,8 @@ class PreprocessSettings(_Section):
         ge=1,
         le=64,
         description="At most this many threads decode or preprocess at once, uploads and stream frames together "
-        "(off the event loop).",
+        "(off the event loop); a stream frame is preprocessed on its reader's thread when one of these slots is "
+        "free, else in one of these threads, in turn.",
     )
 
     @field_validator("std")

@@ -110,6 +110,13 @@ PredictResponse: TypeAlias = Annotated[ClassificationResponse | DetectionRespons
 class Latency(Contract):
     wait: float = Field(ge=0, le=MAX_MS, description="From capture to the start of inference, ms.")
     preprocess: float = Field(ge=0, le=MAX_MS, description="Colour conversion, resize and layout, ms.")
+    queue: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_MS,
+        description="Waiting for a preprocessing thread (preprocess.workers, busy with other frames and uploads) "
+        "and for the event loop to take the result, ms.",
+    )
     inference: float = Field(ge=0, le=MAX_MS, description="Triton round trip, ms.")
     batch: float = Field(
         0.0,

@@ -7,8 +7,11 @@ results from ``postprocess``, and the worker threads are the lifespan's ``Worker
 
 An upload whose model's facts are known takes one hop: one worker thread decodes it,
 preprocesses it and makes the Triton call (blocking, on the client's sync channel), and
-the event loop only post-processes the answer.  Stream frames are preprocessed in a
-worker and sent from the event loop, through the ``FrameBatcher``.
+the event loop only post-processes the answer.  Stream frames are preprocessed on their
+reader's thread (``prepare_frame_here``, the reader's ``prepare`` hook) when a preprocessing
+slot is free, so that a frame does not take two thread hops and a worker's queue to be
+prepared; otherwise (every slot busy, or the model's facts not yet known) in a worker, in
+turn.  They are sent from the event loop, through the ``FrameBatcher``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ T = TypeVar("T")
 class Workers:
     """The predictor's threads, made in the lifespan and shut down in reverse order.
 
-    - ``preprocess`` (``preprocess.workers`` threads): stream frames' preprocessing, and an
-      upload's decode and preprocessing while its model's facts are being read;
+    - ``preprocess`` (``preprocess.workers`` threads): the preprocessing of a stream frame whose
+      reader did not prepare it, and an upload's decode and preprocessing while its model's facts
+      are being read;
     - ``uploads`` (``admission.max_in_flight`` threads, one per admitted upload, made as they are
       needed): an upload's decode, preprocessing and blocking Triton call, in one go.  A call
       holds its thread until Triton answers or its deadline passes, so a frozen Triton cannot
@@ -68,6 +72,17 @@ class Outcome:
     preprocess_ms: float
     inference_ms: float
     batch_ms: float = 0.0  # stream frames: waiting for other streams' frames to share the request
+    queue_ms: float = 0.0  # stream frames: waiting for a preprocessing thread, and for the loop after
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A stream frame preprocessed on its reader's thread, with the model facts it was prepared for."""
+
+    info: ModelInfo
+    batch: np.ndarray
+    geometry: Geometry
+    preprocess_ms: float
 
 
 @dataclass(frozen=True)
@@ -140,24 +155,56 @@ class Predictor:
         result, inference_ms, _ = await self._infer(info, batch, geometry, k, options)
         return Outcome(result, decode_ms, preprocess_ms, inference_ms)
 
+    def prepare_frame_here(
+        self, bgr: np.ndarray, source_size: tuple[int, int], model: str | None = None
+    ) -> PreparedFrame | None:
+        """A stream frame preprocessed on the calling thread (its reader's), for the model's current
+        facts, when one of the ``preprocess.workers`` slots is free; None while the facts are not
+        known, or every slot is taken (``predict_frame`` then prepares it in a worker, in turn).
+        Readers never wait for a slot, and preprocessing never runs on more threads than there are
+        slots: on more, it starves the event loop of the GIL (96 streams on 2 cores: 0.07 fps)."""
+        info = self._catalog.cached(model or self._settings.model)
+        if info is None or not self._workers.cpu.acquire(blocking=False):
+            return None
+        try:
+            (batch, geometry), ms = _timed(prepare_frame, bgr, source_size, info, self._settings.preprocess)
+        finally:
+            self._workers.cpu.release()
+        return PreparedFrame(info, batch, geometry, ms)
+
     async def predict_frame(
-        self, bgr: np.ndarray, *, stream: str, source_size: tuple[int, int] = (0, 0), model: str | None = None
+        self,
+        bgr: np.ndarray,
+        *,
+        stream: str,
+        source_size: tuple[int, int] = (0, 0),
+        model: str | None = None,
+        prepared: PreparedFrame | None = None,
     ) -> Outcome:
-        """A decoded video frame of ``stream`` (H x W x 3 BGR from ingest, resized from ``source_size``)."""
-        info = await self._catalog.get(model or self._settings.model)
+        """A decoded video frame of ``stream`` (H x W x 3 BGR from ingest, resized from ``source_size``),
+        ``prepared`` on its reader's thread where it was (for facts that are still current)."""
+        name = model or self._settings.model
+        queue_ms = 0.0
+        if prepared is not None and prepared.info is self._catalog.cached(name):
+            info, batch, geometry = prepared.info, prepared.batch, prepared.geometry
+            preprocess_ms = prepared.preprocess_ms
+        else:
+            info = await self._catalog.get(name)
+            loop = asyncio.get_running_loop()
+            asked = time.perf_counter()
+            (batch, geometry), preprocess_ms = await loop.run_in_executor(
+                self._workers.preprocess,
+                self._cpu_timed,
+                prepare_frame,
+                bgr,
+                source_size,
+                info,
+                self._settings.preprocess,
+            )
+            queue_ms = max(0.0, (time.perf_counter() - asked) * 1000 - preprocess_ms)
         k = min(self._settings.top_k, info.num_classes)
-        loop = asyncio.get_running_loop()
-        (batch, geometry), preprocess_ms = await loop.run_in_executor(
-            self._workers.preprocess,
-            self._cpu_timed,
-            prepare_frame,
-            bgr,
-            source_size,
-            info,
-            self._settings.preprocess,
-        )
         result, inference_ms, batch_ms = await self._infer(info, batch, geometry, k, self.options(), stream=stream)
-        return Outcome(result, 0.0, preprocess_ms, inference_ms, batch_ms)
+        return Outcome(result, 0.0, preprocess_ms, inference_ms, batch_ms, queue_ms)
 
     async def probe(self, name: str) -> None:
         """One inference on a blank input of the model's shape (readiness of a degraded model:

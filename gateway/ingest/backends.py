@@ -7,7 +7,7 @@ from typing import Literal, TypeAlias
 
 from gateway.ingest.opencv_reader import OpenCvReader
 from gateway.ingest.pyav_reader import PyAvReader
-from gateway.ingest.reader import ReaderConfig, StateChange, StreamReader
+from gateway.ingest.reader import Prepare, ReaderConfig, StateChange, StreamReader
 from gateway.ingest.sources import SourceSpec
 
 Backend: TypeAlias = Literal["pyav", "opencv"]
@@ -22,5 +22,6 @@ def make_reader(
     *,
     on_state: Callable[[StateChange], object] | None = None,
     on_frame: Callable[[], object] | None = None,
+    prepare: Prepare | None = None,
 ) -> StreamReader:
-    return READERS[backend](stream_id, spec, config, on_state=on_state, on_frame=on_frame)
+    return READERS[backend](stream_id, spec, config, on_state=on_state, on_frame=on_frame, prepare=prepare)

@@ -7,7 +7,10 @@ backend supplies only ``_open``, ``_read`` and ``_close``.
 The reader decodes as it must and keeps **only the newest sampled frame**: a
 consumer that falls behind gets the newest frame, never a backlog, and every frame
 it missed is counted as dropped.  Frames between samples are skipped (not decoded
-at all in keyframe mode, or decoded but not converted), and counted.
+at all in keyframe mode, or decoded but not converted), and counted.  A consumer's
+``prepare`` hook runs on the reader's thread with each sampled image before it is
+published (the gateway preprocesses it for its model there), and its result travels
+in ``Frame.prepared``; a hook that fails leaves it None.
 
 Waits are bounded: the decoder's open and read timeouts stop a dead or frozen
 network source from hanging the thread; the reader then reconnects with
@@ -104,6 +107,12 @@ class Frame:
     source_size: tuple[int, int] = (0, 0)  # width, height as decoded, before the resize
     source_at: float | None = None  # wall clock when the camera captured it, from the stream's timestamps
     clock: Clock = "reader"  # where source_at comes from: RTCP sender reports, or PTS anchored to arrival
+    prepared: object | None = None  # what the consumer's ``prepare`` hook made of the image, on the reader's thread
+
+
+# The consumer's hook, called on the reader's thread with each sampled image (at the configured size)
+# and the source's size, before the frame is published: its result travels in ``Frame.prepared``.
+Prepare: TypeAlias = Callable[[np.ndarray, tuple[int, int]], object]
 
 
 @dataclass(frozen=True)
@@ -175,8 +184,10 @@ class StreamReader(abc.ABC):
         stream_id: str,
         spec: SourceSpec,
         config: ReaderConfig,
+        *,
         on_state: Callable[[StateChange], object] | None = None,
         on_frame: Callable[[], object] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.spec = spec
@@ -184,6 +195,7 @@ class StreamReader(abc.ABC):
         self.stats = ReaderStats()
         self._on_state = on_state
         self._on_frame = on_frame
+        self._prepare = prepare
         self._state = StreamState.CONNECTING
         self._stop = threading.Event()
         self._cond = threading.Condition()  # guards the slot, the state and the generation
@@ -420,13 +432,14 @@ class StreamReader(abc.ABC):
         source = source_size or (int(image.shape[1]), int(image.shape[0]))
         if image.shape[1] != c.width or image.shape[0] != c.height:
             image = cv2.resize(image, (c.width, c.height), interpolation=cv2.INTER_AREA)
+        prepared = self._prepared(image, source)
         with self._cond:
             if gen != self._generation:
                 return False
             if not self._slot_taken:
                 self.stats.frames_dropped += 1
             index = self._slot.index + 1 if self._slot else 1
-            self._slot = Frame(self.stream_id, index, wall, mono, image, source, source_at, clock)
+            self._slot = Frame(self.stream_id, index, wall, mono, image, source, source_at, clock, prepared)
             self._slot_taken = False
             self.stats.frames_sampled += 1
             self.stats.clock = clock
@@ -435,3 +448,14 @@ class StreamReader(abc.ABC):
         if self._on_frame is not None:
             self._on_frame()
         return True
+
+    def _prepared(self, image: np.ndarray, source: tuple[int, int]) -> object | None:
+        """The ``prepare`` hook's result; None without one, or when it fails (the consumer then
+        prepares the frame itself, and meets the failure there)."""
+        if self._prepare is None:
+            return None
+        try:
+            return self._prepare(image, source)
+        except Exception:  # a consumer's hook must not kill the reader
+            log.debug("stream %s: the prepare hook failed", self.stream_id, exc_info=True)
+            return None

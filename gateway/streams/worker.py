@@ -21,7 +21,7 @@ from gateway.capture import Capturer
 from gateway.config import Settings, StreamConfig
 from gateway.errors import GatewayError, InferenceTimeout, InferenceUnavailable, ModelDegraded
 from gateway.fanout import Broadcaster, Envelope, EventId, StatusFeed
-from gateway.inference.predictor import Predictor
+from gateway.inference.predictor import Predictor, PreparedFrame
 from gateway.ingest import (
     Frame,
     ReaderConfig,
@@ -133,6 +133,7 @@ class StreamWorker:
             self.reader_config,
             on_state=lambda change: loop.call_soon_threadsafe(self._on_state, change),
             on_frame=lambda: loop.call_soon_threadsafe(self._wake.set),
+            prepare=lambda image, size: self._predictor.prepare_frame_here(image, size, self.model),
         )
         self._status(StreamState.CONNECTING, "")
         self._reader.start()
@@ -193,9 +194,10 @@ class StreamWorker:
     async def _infer(self, frame: Frame) -> None:
         started = time.monotonic()
         self.counters.inferences += 1
+        prepared = frame.prepared if isinstance(frame.prepared, PreparedFrame) else None
         try:
             out = await self._predictor.predict_frame(
-                frame.image, stream=self.id, source_size=frame.source_size, model=self.model
+                frame.image, stream=self.id, source_size=frame.source_size, model=self.model, prepared=prepared
             )
         except InferenceUnavailable as e:  # also InferenceTimeout, ModelDegraded
             degraded = isinstance(e, ModelDegraded)
@@ -212,6 +214,8 @@ class StreamWorker:
             return
         self._set_triton("available", "inference resumed")
         done = time.monotonic()
+        # a frame prepared on its reader's thread was prepared within the wait: that is its preprocess
+        waited_ms = (started - frame.captured_mono) * 1000 - (prepared.preprocess_ms if prepared else 0.0)
         self.counters.predictions += 1
         total_ms = (done - frame.captured_mono) * 1000
         # The frame's age on the camera's clock where the stream has one (clamped: clocks differ)
@@ -225,8 +229,9 @@ class StreamWorker:
             source_at=frame.source_at,
             clock=frame.clock,
             latency=Latency(
-                wait=round((started - frame.captured_mono) * 1000, 3),
+                wait=round(max(0.0, waited_ms), 3),
                 preprocess=round(out.preprocess_ms, 3),
+                queue=round(out.queue_ms, 3),
                 inference=round(out.inference_ms, 3),
                 batch=round(out.batch_ms, 3),
                 total=round(total_ms, 3),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.ingest import (
     READERS,
     Backend,
+    Frame,
     ReaderConfig,
     StateChange,
     StreamReader,
@@ -192,6 +195,30 @@ def test_file_without_loop_ends(backend: Backend, tmp_path: Path) -> None:
     assert rec.states() == [StreamState.RUNNING, StreamState.ENDED]
     assert 1.2 <= took <= 4, f"a 1.5 s clip should play at its own rate, took {took:.1f}s"
     assert reader.stats.frames_read == 37 or abs(reader.stats.frames_read - 37) <= 1
+
+
+def test_the_prepare_hook_runs_on_the_readers_thread_and_a_failing_one_is_survived(
+    backend: Backend, tmp_path: Path
+) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", seconds=2.0, fps=25)
+    calls: list[tuple[str, tuple[int, ...], tuple[int, int]]] = []
+
+    def prepare(image: np.ndarray, source: tuple[int, int]) -> object:
+        calls.append((threading.current_thread().name, image.shape, source))
+        if len(calls) % 2 == 0:
+            raise ValueError("every other frame fails")
+        return len(calls)
+
+    reader = make_reader(backend, "cam", parse_source(str(clip)), FAST, prepare=prepare)
+    reader.start()
+    got: list[Frame] = []
+    while (frame := reader.latest(after=got[-1].index if got else 0, timeout=5)) is not None:
+        got.append(frame)
+    assert reader.join(10) and reader.state is StreamState.ENDED, "a failing hook does not stop the reader"
+    assert len(got) >= 6 and len(calls) == reader.stats.frames_sampled
+    assert all(name.startswith("reader-cam-") and shape == (180, 320, 3) for name, shape, _ in calls)
+    assert {f.prepared for f in got} <= {None, *range(1, len(calls) + 1, 2)}
+    assert any(f.prepared is None for f in got) and any(f.prepared for f in got)
 
 
 def test_file_with_loop_keeps_running(backend: Backend, tmp_path: Path) -> None:

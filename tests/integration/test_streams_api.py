@@ -312,3 +312,6 @@ def test_frames_of_several_streams_share_requests_and_events_show_the_wait(batch
     for p in preds:
         lat = p["latency_ms"]
         assert lat["total"] >= lat["batch"] + lat["inference"], lat
+        # the parts account for the total: what is left is the event loop's hops (milliseconds)
+        parts = lat["wait"] + lat["queue"] + lat["preprocess"] + lat["batch"] + lat["inference"]
+        assert parts <= lat["total"] + 0.01 and lat["total"] - parts < 100, lat

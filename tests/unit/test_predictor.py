@@ -109,6 +109,43 @@ def test_a_stream_frame_reports_the_camera_size() -> None:
     assert (out.result.image.width, out.result.image.height) == (1920, 1080) and out.decode_ms == 0
 
 
+def test_a_stream_frame_is_prepared_on_its_readers_thread_once_the_models_facts_are_known() -> None:
+    predictor, client, catalog = rig()
+    frame = np.asarray(scene(640, 360))[:, :, ::-1].copy()  # BGR, as ingest gives it
+    assert predictor.prepare_frame_here(frame, (1280, 720)) is None, "facts not known yet: a worker prepares it"
+    asyncio.run(catalog.get("mobilenet_v3_small"))
+    prepared = predictor.prepare_frame_here(frame, (1280, 720))
+    assert prepared is not None and prepared.info is CLASSIFIER and prepared.preprocess_ms > 0
+    slots = predictor._workers.cpu
+    for _ in range(2):  # preprocess.workers: every slot taken (uploads, or other readers)
+        slots.acquire()
+    assert predictor.prepare_frame_here(frame, (1280, 720)) is None, "a reader never waits for a slot"
+    for _ in range(2):
+        slots.release()
+    # the same tensor a worker would make
+    worker = asyncio.run(predictor.predict_frame(frame, stream="s", source_size=(1280, 720)))
+    (_, from_worker, _), _ = client.classify.call_args
+    assert np.array_equal(prepared.batch, from_worker) and worker.queue_ms >= 0
+    # sent as prepared: no worker touches it
+    predictor._workers.preprocess.shutdown()  # a worker would now raise
+    out = asyncio.run(predictor.predict_frame(frame, stream="s", source_size=(1280, 720), prepared=prepared))
+    (_, sent, _), _ = client.classify.call_args
+    assert sent is prepared.batch and out.preprocess_ms == prepared.preprocess_ms and out.queue_ms == 0
+    assert (out.result.image.width, out.result.image.height) == (1280, 720)
+
+
+def test_a_frame_prepared_for_facts_that_changed_is_prepared_again() -> None:
+    predictor, client, catalog = rig()
+    frame = np.zeros((360, 640, 3), np.uint8)
+    asyncio.run(catalog.get("mobilenet_v3_small"))
+    prepared = predictor.prepare_frame_here(frame, (640, 360))
+    assert prepared is not None
+    catalog.invalidate(CLASSIFIER)  # a new version may take another input
+    asyncio.run(predictor.predict_frame(frame, stream="s", prepared=prepared))
+    (_, sent, _), _ = client.classify.call_args
+    assert sent is not prepared.batch and np.array_equal(sent, prepared.batch), "prepared again, for the facts read"
+
+
 def test_a_degraded_model_is_marked_until_an_inference_succeeds() -> None:
     # given a model whose inference meets a crashed instance on the retry too
     predictor, client, catalog = rig()
