@@ -39,14 +39,16 @@ def config(**kw: object) -> ReaderConfig:
 
 
 def frames(reader: PyAvReader, seconds: float) -> list[Frame]:
-    """Every new frame for ``seconds``."""
+    """Every frame sampled in the next ``seconds``: not the one already waiting (sampled before,
+    which on a slow machine made a 4 s window hold 6 frames of a 1 fps stream), and none after."""
     out: list[Frame] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        frame = reader.latest(after=out[-1].index if out else 0, timeout=0.5)
+    start = time.monotonic()
+    end = start + seconds
+    while (left := end - time.monotonic()) > 0:
+        frame = reader.latest(after=out[-1].index if out else 0, timeout=min(0.5, left))
         if frame is not None:
             out.append(frame)
-    return out
+    return [f for f in out if start <= f.captured_mono <= end]
 
 
 @contextlib.contextmanager
