@@ -16,7 +16,16 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.config import TritonSettings
 from gateway.errors import InferenceFailed, InferenceTimeout, InferenceUnavailable, ModelDegraded, ModelNotFound
-from gateway.inference.client import DNS_ENDPOINTS, FACT_TRIES, MAX_ENDPOINT_RETRIES, TritonClient, endpoints
+from gateway.inference.client import (
+    CRASH_PAUSE_MAX_S,
+    CRASH_PAUSE_S,
+    DNS_ENDPOINTS,
+    FACT_TRIES,
+    MAX_ENDPOINT_RETRIES,
+    TritonClient,
+    _Attempts,
+    endpoints,
+)
 
 CRASHED = InferenceServerException("Stub process 'mobilenet_v3_small_0_1' is not healthy.", "StatusCode.INTERNAL")
 BROKEN = InferenceServerException("onnxruntime: invalid input shape", "StatusCode.INTERNAL")
@@ -84,6 +93,20 @@ def test_with_three_instances_a_crash_is_retried_once_per_instance(infer: Infer)
     with pytest.raises(ModelDegraded):
         infer(client, instances=3)
     assert grpc.infer.await_count == 4
+
+
+def test_each_crash_retry_waits_longer_than_the_last() -> None:
+    # a retry sent at once goes to the dead instance whenever the healthy ones are busy: each one waits,
+    # four times as long as the one before (jittered down by half at most), never more than the cap
+    tries = _Attempts(TritonClient(TritonSettings()), "mobilenet_v3_small", 4, lambda: 0.0)
+    crashed = InferenceFailed("Stub process 'mobilenet_v3_small_0_1' is not healthy.")
+    pauses = [tries.after(crashed) or 0.0 for _ in range(4)]
+    for i, pause in enumerate(pauses):
+        full = min(CRASH_PAUSE_MAX_S, CRASH_PAUSE_S * 4**i)
+        assert full / 2 <= pause <= full, f"retry {i + 1} waited {pause}"
+    assert pauses[1] > pauses[0] and pauses[2] > pauses[1]
+    with pytest.raises(ModelDegraded):
+        tries.after(crashed)
 
 
 # --- several Tritons ---------------------------------------------------------------------------
