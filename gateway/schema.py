@@ -414,6 +414,14 @@ class ClusterHealth(Contract):
     redis_down_s: float | None = Field(
         None, ge=0, le=MAX_S, description="Seconds since Redis last answered, while it does not."
     )
+    settling_s: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_S,
+        description="Seconds left of the settling after joining, or after Redis answered again: meanwhile this "
+        "gateway keeps the streams it runs and takes no other over (the member list may still lack gateways that "
+        "have not heartbeated yet).  Null once settled.",
+    )
 
 
 class Ownership(Contract):

@@ -339,6 +339,7 @@ class ClusterNode:
 
     def health(self) -> ClusterHealth:
         down = self.state is NodeState.REDIS_DOWN
+        settling = self._settle_until - time.monotonic() if self.state is NodeState.ACTIVE else 0.0
         return ClusterHealth(
             node_id=self.node_id,
             state=self.state.value,
@@ -346,6 +347,7 @@ class ClusterNode:
             streams=len(self.registry),
             owned=len(self._manager.list()),
             redis_down_s=round(time.monotonic() - self._redis_ok_at, 3) if down else None,
+            settling_s=round(settling, 3) if settling > 0 else None,
         )
 
     def stats(self) -> ClusterStats:

@@ -235,6 +235,15 @@ def _owner_of(cluster: Cluster, sid: str) -> str:
     return owner
 
 
+def _calm(c: Cluster) -> bool:
+    """No live gateway is settling (after joining, or after Redis answered again): each takes
+    streams over at its next tick."""
+    try:
+        return all(_get(f"{g.url}/health")["cluster"]["settling_s"] is None for g in c.live().values())
+    except httpx.HTTPError:
+        return False
+
+
 def _stream_of(cluster: Cluster, node: str) -> str:
     return next(s for s, o in _owners(cluster.url("gw-a")).items() if o == node)
 
@@ -312,7 +321,7 @@ def test_post_on_one_gateway_runs_somewhere_and_delete_on_another_stops_it(
 
 
 def test_a_killed_gateway_s_streams_move_and_subscribers_stay(cluster: Cluster, audit: OwnershipAudit) -> None:
-    wait_until(lambda: _settled(cluster, set(STREAMS)), 30, what="a settled cluster")
+    wait_until(lambda: _settled(cluster, set(STREAMS)) and _calm(cluster), 30, what="a settled cluster")
     victims = sorted(s for s, o in _owners(cluster.url("gw-a")).items() if o == "gw-b")
     assert victims
     sid = victims[0]
@@ -365,8 +374,18 @@ def test_redis_restarted_empty_streams_keep_running_and_resynchronise(cluster: C
         assert httpx.get(f"{cluster.url('gw-a')}/health/ready", timeout=10).status_code == 200
         # When Redis comes back empty (no persistence)
         cluster.redis.start()
-        # Then the gateways register the streams again and everything settles with no stream owned twice
-        wait_until(lambda: _settled(cluster, set(STREAMS)), 30, what="resynchronised")
+        # Then the gateways register the streams again and everything settles with no stream owned twice;
+        # each gateway first settles (it keeps what it runs, and says for how long), then takes streams over
+        settling: set[str] = set()
+
+        def resynchronised() -> bool:
+            for node, g in cluster.live().items():
+                with contextlib.suppress(httpx.HTTPError):
+                    if (_get(f"{g.url}/health")["cluster"]["settling_s"] or 0) > 0:
+                        settling.add(node)
+            return settling == set(cluster.live()) and _settled(cluster, set(STREAMS)) and _calm(cluster)
+
+        wait_until(resynchronised, 30, what="resynchronised, each gateway having settled")
         assert all(_get(f"{g.url}/health")["cluster"]["state"] == "active" for g in cluster.live().values())
         up = time.time()
         wait_until(lambda: len(rec.of("prediction", after=up)) >= 2, 30, what="events after Redis came back")
@@ -374,18 +393,23 @@ def test_redis_restarted_empty_streams_keep_running_and_resynchronise(cluster: C
 
 
 def test_a_gateway_that_stops_cleanly_hands_its_streams_over_at_once(cluster: Cluster, audit: OwnershipAudit) -> None:
-    wait_until(lambda: _settled(cluster, set(STREAMS)), 30, what="a settled cluster")
+    # (a gateway still settling after Redis came back, as the test before leaves them, takes nothing over)
+    wait_until(lambda: _settled(cluster, set(STREAMS)) and _calm(cluster), 30, what="a settled cluster")
     sid = _stream_of(cluster, "gw-c")
     with SseRecorder(f"{cluster.url('gw-a')}/streams/{sid}/events", seconds=120) as rec:
         wait_until(lambda: len(rec.of("prediction")) >= 1, 30, what="a prediction")
         # When gw-c is stopped with SIGTERM (a rolling update, a scale-down)
         stopping = time.time()
         gw_c = cluster.nodes["gw-c"]
-        pid = gw_c.pid
+        pid, proc = gw_c.pid, gw_c.proc
         gw_c.stop()
         cluster.gone[pid] = time.time()  # its streams stopped by now, whatever its last sample said
         # Then its streams move without waiting for its lease to expire
-        wait_until(lambda: _settled(cluster, set(STREAMS)), LEASE_S, interval=0.1, what="a handover")
+        try:
+            wait_until(lambda: _settled(cluster, set(STREAMS)), LEASE_S, interval=0.1, what="a handover")
+        except AssertionError as e:
+            tail = "\n".join(gw_c.log().splitlines()[-15:])
+            raise AssertionError(f"{e}; gw-c exited {proc and proc.returncode}, its log ends:\n{tail}") from None
         moved = time.time() - stopping
         # And the client on gw-a was told, and goes on with the new owner's events
         wait_until(lambda: len(rec.of("prediction", after=stopping + moved)) >= 1, 30, what="the new owner's events")
