@@ -75,6 +75,7 @@ class _StreamCollector(Collector):
         "predictions": "Prediction events published.",
         "events_dropped": "Events slow SSE subscribers lost because their queue was full (oldest first).",
         "frames_encoded": "JPEGs encoded for the viewer's frame.jpg (at most one per viewer.frame_interval_s).",
+        "naps": "Keyframe mode, RTSP over TCP: the reader's sleeps until just before the next keyframe.",
     }
 
     def __init__(self, streams: Callable[[], Iterable[StreamInfo]]) -> None:
@@ -104,6 +105,9 @@ class _StreamCollector(Collector):
             "The keyframe interval measured from the stream.",
             labels=labels,
         )
+        napped = CounterMetricFamily(
+            f"{PREFIX}_napped_seconds", "Seconds the stream's reader slept between keyframes.", labels=labels
+        )
         for s in self._streams():
             values = [s.id, s.model]
             for name, family in counters.items():
@@ -118,8 +122,9 @@ class _StreamCollector(Collector):
                 decode.add_metric([*values, s.decode], 1.0)
             if s.keyframe_interval_s is not None:
                 keyframes.add_metric(values, s.keyframe_interval_s)
+            napped.add_metric(values, s.napped_s)
         yield from counters.values()
-        yield from (transitions, fps, subs, running, state, decode, keyframes)
+        yield from (transitions, fps, subs, running, state, decode, keyframes, napped)
 
 
 @dataclass(frozen=True)

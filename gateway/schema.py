@@ -330,6 +330,14 @@ class StreamInfo(Contract):
         max_length=32,
         description="The video codec, by FFmpeg's name (h264, hevc, mjpeg, ...); null until the source is opened.",
     )
+    naps: int = Field(
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="Keyframe mode, RTSP over TCP: times the reader slept until just before the next keyframe (the "
+        "frames in between read in one burst after; ingest.burst_kib).",
+    )
+    napped_s: float = Field(0.0, ge=0, le=MAX_S, description="Seconds the reader spent in those sleeps, in all.")
     frames_dropped: int = Field(ge=0, le=MAX_COUNT, description="Sampled frames replaced by a newer one, unseen.")
     inferences: int = Field(ge=0, le=MAX_COUNT, description="Inferences started.")
     predictions: int = Field(ge=0, le=MAX_COUNT, description="Prediction events published.")

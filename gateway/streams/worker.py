@@ -284,6 +284,8 @@ class StreamWorker:
             clock=stats.clock if stats else "reader",
             hwaccel=stats.hwaccel if stats else None,
             codec=stats.codec if stats else None,
+            naps=stats.naps if stats else 0,
+            napped_s=round(stats.napped_s, 3) if stats else 0.0,
             frames_sampled=stats.frames_sampled if stats else 0,
             frames_skipped=stats.frames_skipped if stats else 0,
             frames_dropped=stats.frames_dropped if stats else 0,

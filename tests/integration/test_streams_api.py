@@ -242,14 +242,17 @@ def test_a_1_fps_stream_decodes_keyframes_and_its_events_carry_the_camera_clock(
         # then GET /streams shows it decoding keyframes only, at the interval it measured
         wait_until(lambda: stream_info(streams_gateway, "keys")["decode"] == "keyframes", 15, what="keyframe mode")
         wait_until(lambda: stream_info(streams_gateway, "keys")["clock"] == "rtcp", 15, what="RTCP sender reports")
-        info = stream_info(streams_gateway, "keys")
+        info, since = stream_info(streams_gateway, "keys"), time.monotonic()
         assert info["backend"] == "pyav" and info["decode_setting"] == "auto" and info["codec"] == "h264"
         assert abs(info["keyframe_interval_s"] - 1.0) < 0.1
         # and its prediction events carry the camera's capture time and the age measured from it
         preds = predictions(sse(f"{streams_gateway.url}/streams/keys/events", 10.0, stop_after=3))
-        later = stream_info(streams_gateway, "keys")
+        later, elapsed = stream_info(streams_gateway, "keys"), time.monotonic() - since
         decoded, sampled = (later[k] - info[k] for k in ("frames_decoded", "frames_sampled"))
         assert decoded <= sampled + 1 and later["frames_read"] - info["frames_read"] >= 40, (info, later)
+        # and it sleeps between keyframes over TCP (the default transport), most of the time
+        napped = later["napped_s"] - info["napped_s"]
+        assert later["naps"] > info["naps"] and napped > 0.4 * elapsed, f"asleep {napped:.2f}s of {elapsed:.2f}s"
         assert preds and all(p["clock"] == "rtcp" for p in preds)
         for p in preds:
             assert p["source_at"] <= p["captured_at"] + 0.05, "captured before it was read"

@@ -58,7 +58,7 @@ def test_every_stream_counter_is_exported() -> None:
     # (inference_errors is recorded by kind where it happens: streamml_inference_errors_total{kind})
     fields = [n for n, f in StreamInfo.model_fields.items() if f.annotation is int and n != "inference_errors"]
     assert len(fields) >= 11
-    info = stream_info(**{n: i + 1 for i, n in enumerate(fields)}, transitions={StreamState.STALLED: 3})
+    info = stream_info(**{n: i + 1 for i, n in enumerate(fields)}, transitions={StreamState.STALLED: 3}, napped_s=0.25)
     text = Metrics(lambda: [info]).render().decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
@@ -68,6 +68,7 @@ def test_every_stream_counter_is_exported() -> None:
     assert not missing, f"StreamInfo counters not exported to /metrics: {missing}"
     key = ("streamml_stream_transitions_total", (("model", "m"), ("state", "stalled"), ("stream", "a")))
     assert samples[key] == 3
+    assert samples[("streamml_napped_seconds_total", (("model", "m"), ("stream", "a")))] == 0.25
 
 
 def test_registry_is_per_app_and_reads_streams_at_scrape_time() -> None:
