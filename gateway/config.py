@@ -253,8 +253,8 @@ class IngestSettings(_Section):
     decode: Literal["auto", "keyframes", "all"] = Field(
         "auto",
         description="PyAV: auto decodes only keyframes when a stream's sample_fps is at or below its measured "
-        "keyframe rate, else every frame (converting only the sampled ones); keyframes or all force one mode.  "
-        "Per stream: streams[].decode.",
+        "keyframe rate, else every frame from each keyframe up to the GOP's last sample (converting only the sampled "
+        "ones); keyframes, or all (every frame), force one mode.  Per stream: streams[].decode.",
     )
     hwaccel: str | None = Field(
         None,

@@ -11,7 +11,9 @@ reader decodes only what it needs:
   slice: FFmpeg's parser splits the picture there, and its decoder takes each packet
   for a whole picture) is put back together first (``_Pictures``);
 - **all frames** otherwise (the frames in between need their references), with
-  only the sampled ones converted and resized.
+  only the sampled ones converted and resized; on ``auto``, each GOP only up to its
+  last sample (``DecodePlan.align`` and ``trim``), the decoder's held-back frames
+  dropped at the cut.
 
 FFmpeg's options are set per open (no process-wide variable, no lock).  The open
 is bounded by PyAV's interrupt callback (``timeout=(open, None)``), which aborts a
@@ -212,9 +214,16 @@ class PyAvReader(StreamReader):
             self.stats.frames_skipped += 1
             r.synced = False  # the frame after this one could not be decoded now
             return True
-        if mode == "all" and not (key or r.synced):  # joined mid-GOP, or back from keyframe mode
-            self.stats.frames_skipped += 1
-            return True
+        if mode == "all":
+            if key:
+                r.key_at = now
+                r.next_sample = r.plan.align(now, r.next_sample)
+            elif r.synced and r.plan.trim(r.next_sample, r.key_at):
+                r.synced = False  # the GOP's last sample is taken: nothing more to decode until the next keyframe
+                r.codec.flush_buffers()  # frames held back to reorder B-frames would come out late, and stale
+            if not (key or r.synced):  # joined mid-GOP, back from keyframe mode, or the rest of a GOP trimmed
+                self.stats.frames_skipped += 1
+                return True
         frames, flushed = self._decode(r.codec, packet, drain=mode == "keyframes")
         r.synced = (r.synced or key) and not flushed
         for frame in frames:
@@ -320,6 +329,7 @@ class _Pass:
         self.packets = container.demux(self.stream)
         self.pictures = _Pictures(stream_id)
         self.next_sample = time.monotonic()
+        self.key_at: float | None = None  # when the last keyframe arrived (monotonic)
         self.got_any = False
         self.synced = False  # the decoder was fed a keyframe, and every packet since
         self.pace: float | None = None  # files: the monotonic time of media time 0

@@ -6,7 +6,11 @@ the keyframe rate, every sample can be a keyframe, and nothing between keyframes
 needs decoding) and **all frames** (the decoder needs every reference frame to
 deliver the frames in between), and picks, in keyframe mode, the keyframe nearest
 each due sample.  The interval is re-measured all the time: a camera whose GOP
-changes switches mode.
+changes switches mode.  In all-frames mode it cuts each regular GOP after its last
+sample (``trim``: the next sample comes from the next keyframe on), and moves the
+schedule onto the keyframes where a GOP holds whole sampling periods (``align``), so
+that the last sample comes early in the GOP: at 2 fps from a 25-frame GOP, 14 frames
+of 25 are decoded.
 
 ``SourceClock`` maps a frame's presentation timestamp to wall-clock capture time:
 through the RTCP sender reports where the camera sends them (the reader passes
@@ -26,6 +30,7 @@ third less (``python -m bench.rtsp_demux --rig phased --arms reader-each,reader`
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 from collections import deque
@@ -35,6 +40,8 @@ from gateway.ingest.reader import Clock, DecodeMode, DecodeSetting
 log = logging.getLogger(__name__)
 KEYFRAME_TOLERANCE = 0.05  # sample_fps up to 5% above the keyframe rate still samples keyframes (jitter)
 INTERVALS = 4  # keyframe intervals the median is taken over (a new GOP shows after two)
+REGULAR_GOP = 0.1  # keyframe intervals all this close to their median (relative): the next keyframe is foreseeable
+WHOLE_PERIODS = 0.05  # an interval this close to a whole number of sampling periods (in periods) holds them whole
 RTCP_FUTURE_S = 2.0  # an RTCP capture time this far after arrival is a wrong camera clock
 RTCP_PAST_S = 120.0  # ... or this far before it
 JUMP_BACK_DTS_S = 0.001  # decoding time never goes back: any step back is a jump in the timeline
@@ -54,6 +61,8 @@ class DecodePlan:
         self.period = 1.0 / sample_fps
         self.setting = setting
         self._keyframes: deque[float] = deque(maxlen=INTERVALS + 1)
+        self.interval: float | None = None  # the median keyframe interval in seconds; None until two were seen
+        self.regular = False  # all the measured intervals are within REGULAR_GOP of their median
 
     def keyframe(self, media_s: float | None) -> None:
         """A keyframe at this presentation time (seconds).  The same time again is the same
@@ -64,14 +73,15 @@ class DecodePlan:
         if self._keyframes and media_s <= self._keyframes[-1]:
             self._keyframes.clear()
         self._keyframes.append(media_s)
-
-    @property
-    def interval(self) -> float | None:
-        """Median keyframe interval in seconds; None until two keyframes were seen."""
-        k = self._keyframes
-        if len(k) < 2:
-            return None
-        return statistics.median(b - a for a, b in zip(k, list(k)[1:], strict=False))
+        # measured here, once per keyframe, not per packet: regular means a fixed GOP (not a camera's
+        # "smart" codec that stretches it in quiet scenes), whose next keyframe's arrival is foreseeable
+        gaps = [b - a for a, b in itertools.pairwise(self._keyframes)]
+        self.interval = interval = statistics.median(gaps) if gaps else None
+        self.regular = (
+            interval is not None
+            and len(gaps) >= 2
+            and all(abs(gap - interval) <= REGULAR_GOP * interval for gap in gaps)
+        )
 
     @property
     def mode(self) -> DecodeMode:
@@ -81,6 +91,33 @@ class DecodePlan:
         if interval is None:
             return "all"  # until the interval is known
         return "keyframes" if self.period >= interval * (1 - KEYFRAME_TOLERANCE) else "all"
+
+    def align(self, now: float, next_sample: float) -> float:
+        """All-frames mode (``auto``), at a keyframe arriving at ``now``: when the next sample is
+        due.  Where the GOP is regular and its interval holds a whole number of sampling
+        periods, the schedule is moved onto the keyframes: the sample due within half a period
+        is taken from this keyframe (``now``), else the next one is due a period after it.  The
+        rate stays; what changes is that each GOP's last sample comes a period before the next
+        keyframe, so the frames after it need no decoding (``trim``).  Once aligned, a sample
+        is due at every keyframe, and moves by the network's jitter only."""
+        interval, period = self.interval, self.period
+        if self.setting != "auto" or interval is None or not self.regular:
+            return next_sample
+        whole = round(interval / period)
+        if whole < 2 or abs(interval - whole * period) > WHOLE_PERIODS * period:
+            return next_sample
+        return now if next_sample - now <= period / 2 else now + period
+
+    def trim(self, next_sample: float, key_at: float | None) -> bool:
+        """All-frames mode (``auto``): are the frames until the next keyframe not needed?  Yes
+        when the next sample is due no sooner than half a period before the next keyframe is
+        (the keyframe that arrived at ``key_at``, plus the interval): that sample comes from the
+        next keyframe on (``align`` takes the keyframe itself for a sample due within half a
+        period).  Only for a regular GOP, whose next keyframe's arrival can be foreseen."""
+        interval = self.interval
+        if self.setting != "auto" or interval is None or key_at is None or not self.regular:
+            return False
+        return next_sample >= key_at + interval - self.period / 2
 
     def take_keyframe(self, now: float, next_sample: float) -> bool:
         """In keyframe mode: decode the keyframe arriving at ``now``?  Yes when it is nearer the

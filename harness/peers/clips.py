@@ -21,18 +21,20 @@ def write_clip(
     fmt: str | None = None,
     keyframes: Collection[int] | None = None,
     slices: int = 0,
+    bframes: int = 0,
 ) -> Path:
     """A moving gradient (every frame differs), or ``still`` (H x W x 3 RGB) in every frame.
     The container follows the suffix, or ``fmt`` (``mpegts`` for a stream a pipe can carry).
     A keyframe every ``fps`` frames, or exactly at the frame indices in ``keyframes``.
-    ``slices``: pictures of that many slices (x264's default otherwise)."""
+    ``slices``: pictures of that many slices (x264's default otherwise).  ``bframes``: up to
+    that many B-frames in a row (the decoder then holds frames back to reorder them)."""
     if still is not None:
         height, width = still.shape[:2]
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         gop = str(fps) if keyframes is None else "100000"
-        stream.options = {"bf": "0", "preset": "ultrafast", "g": gop, "sc_threshold": "0"}
+        stream.options = {"bf": str(bframes), "preset": "ultrafast", "g": gop, "sc_threshold": "0"}
         if slices:
             stream.options = {**stream.options, "slices": str(slices)}
         yy, xx = np.mgrid[0:height, 0:width]

@@ -124,13 +124,43 @@ def test_keyframes_split_over_several_packets_are_decoded_whole_in_keyframe_mode
         server.stop()
 
 
-def test_above_the_keyframe_rate_every_frame_is_decoded_and_only_samples_converted(rtsp: RtspServer) -> None:
+def test_above_the_keyframe_rate_each_gop_is_decoded_up_to_its_last_sample(rtsp: RtspServer) -> None:
+    # given a 25 fps camera with a keyframe every second, sampled at 2 fps: all frames mode
     with running(PyAvReader("cam", parse_source(rtsp.url), config(sample_fps=2))) as reader:
-        wait_until(lambda: reader.stats.keyframe_interval_s is not None, 10, what="a measured keyframe interval")
+        # once three keyframes have shown a regular GOP
+        wait_until(lambda: reader.stats.frames_read >= 80, 10, what="three keyframes")
+        decoded, read = reader.stats.frames_decoded, reader.stats.frames_read
         got = frames(reader, 4.0)
+        decoded, read = reader.stats.frames_decoded - decoded, reader.stats.frames_read - read
+        # then it keeps the rate, and decodes each GOP from its keyframe to its second sample (14 frames
+        # of 25: the samples fall on the keyframes and half-way), not the frames after it
         assert reader.stats.decode_mode == "all"
         assert 7 <= len(got) <= 10, f"{len(got)} frames in 4 s at sample_fps=2"
-        assert reader.stats.frames_decoded > 8 * reader.stats.frames_sampled
+        assert 0.4 * read <= decoded <= 0.7 * read, f"{decoded} frames decoded of {read}"
+        assert reader.stats.decode_errors == 0
+
+
+def test_a_gop_cut_after_its_last_sample_leaves_no_frame_behind_in_the_decoder(tmp_path: Path) -> None:
+    # given a camera with B-frames (its decoder holds frames back to put them in order), sampled at 2 fps
+    clip = write_clip(tmp_path / "bframes.mp4", seconds=20, width=320, height=180, bframes=2)
+    server = RtspServer(file=clip)
+    try:
+        with running(PyAvReader("cam", parse_source(server.url), config(sample_fps=2))) as reader:
+            wait_until(lambda: reader.stats.frames_read >= 80, 10, what="three keyframes")
+            decoded, read = reader.stats.frames_decoded, reader.stats.frames_read
+            got = frames(reader, 4.0)
+            decoded, read = reader.stats.frames_decoded - decoded, reader.stats.frames_read - read
+            # then each GOP is cut after its last sample, and no frame held back in one GOP comes out
+            # with the next keyframe as a sample (the camera's times of the samples only increase,
+            # spaced as the sampling is)
+            assert 7 <= len(got) <= 10 and decoded <= 0.75 * read, (len(got), decoded, read)
+            stamps = [f.source_at for f in got if f.source_at is not None]
+            assert len(stamps) == len(got)
+            gaps = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
+            assert all(0.2 <= gap <= 0.8 for gap in gaps), f"gaps between samples on the camera's clock: {gaps}"
+            assert reader.stats.decode_errors == 0
+    finally:
+        server.stop()
 
 
 def test_the_decode_setting_overrides_the_choice(rtsp: RtspServer) -> None:

@@ -3,8 +3,13 @@ when a keyframe-mode reader may sleep between keyframes."""
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Collection
+
 import pytest
 
+from gateway.ingest.reader import next_due
 from gateway.ingest.sampling import DRIFT, NAP_MIN_S, DecodePlan, Naps, SourceClock
 
 
@@ -60,6 +65,75 @@ def test_a_keyframe_in_several_packets_counts_once() -> None:
     # one picture handed over in two packets of one timestamp is one keyframe, not a time going back
     plan = keyframes(DecodePlan(sample_fps=1), [0, 0, 1, 1, 2, 2, 3, 3])
     assert plan.interval == 1.0 and plan.mode == "keyframes"
+
+
+def all_frames(
+    plan: DecodePlan, seconds: float, keys: Collection[int], *, fps: int = 25, phase: float = 0.3
+) -> tuple[float, list[float]]:
+    """The PyAV reader's all-frames path over a live stream (each frame arriving up to 5 ms late):
+    the share of the frames it decodes, and when it takes its samples."""
+    rng = random.Random(7)
+    next_sample, key_at, synced = phase, None, False
+    decoded, samples, total = 0, [], int(seconds * fps)
+    for i in range(total):
+        now, key = i / fps + rng.uniform(0, 0.005), i in keys
+        if key:
+            plan.keyframe(i / fps)
+            key_at = now
+            next_sample = plan.align(now, next_sample)
+        elif synced and plan.trim(next_sample, key_at):
+            synced = False
+        if not (key or synced):
+            continue
+        synced, decoded = True, decoded + 1
+        if now >= next_sample:
+            samples.append(now)
+            next_sample = next_due(next_sample, now, plan.period)
+    return decoded / total, samples
+
+
+GOP_25 = range(0, 100_000, 25)
+
+
+def test_all_frames_mode_decodes_each_gop_only_up_to_its_last_sample() -> None:
+    # given a 25 fps camera with a keyframe every second, sampled at 2 fps, the schedule out of phase at first
+    plan = DecodePlan(sample_fps=2)
+    share, samples = all_frames(plan, 20, GOP_25)
+    # then the schedule moves onto the keyframes, and each GOP is decoded from its keyframe to its
+    # second sample (14 frames of 25 once aligned; all of them in the first 2 s, before the GOP is known
+    # to be regular), not to its end; the rate stays, samples half a period off at most
+    assert plan.regular and share < 0.62, f"{share:.0%} of the frames decoded"
+    assert 39 <= len(samples) <= 41, f"{len(samples)} samples in 20 s at 2 fps"
+    assert max(b - a for a, b in itertools.pairwise(samples)) <= 0.75 + 0.01
+    keyframe_samples = [t for t in samples if t > 3 and (t * 25) % 25 < 0.2]
+    assert len(keyframe_samples) >= 16, "once aligned, a sample falls on every keyframe"
+
+
+@pytest.mark.parametrize("fps", [2.5, 3.0, 5.0])
+def test_other_rates_keep_their_rate_and_decode_less(fps: float) -> None:
+    # 2.5 per second does not divide a 1 s GOP (no alignment): each GOP is still cut after its last sample
+    share, samples = all_frames(DecodePlan(sample_fps=fps), 20, GOP_25)
+    assert abs(len(samples) - 20 * fps) <= 1.5, f"{len(samples)} samples in 20 s at {fps} fps"
+    assert max(b - a for a, b in itertools.pairwise(samples)) <= 1.5 / fps + 0.01
+    assert share < {2.5: 0.75, 3.0: 0.78, 5.0: 0.9}[fps], f"{share:.0%} of the frames decoded at {fps} fps"
+
+
+def test_every_frame_is_decoded_when_the_gop_is_irregular_or_all_is_forced() -> None:
+    # a camera whose GOP stretches in quiet scenes: its next keyframe cannot be foreseen
+    smart = {0, 25, 75, 100, 175, 200, 300, 325, 400, 425, 475}
+    share, samples = all_frames(plan := DecodePlan(sample_fps=2), 20, smart)
+    assert not plan.regular and share == 1.0 and 39 <= len(samples) <= 41
+    share, _ = all_frames(plan := DecodePlan(sample_fps=2, setting="all"), 20, GOP_25)
+    assert plan.regular and share == 1.0, "decode: all decodes every frame"
+
+
+def test_a_keyframe_takes_the_sample_due_within_half_a_period() -> None:
+    plan = keyframes(DecodePlan(sample_fps=2), [0, 1, 2, 3])
+    assert plan.align(now=10.0, next_sample=10.2) == 10.0, "due soon: taken early from the keyframe"
+    assert plan.align(now=10.0, next_sample=9.9) == 10.0, "overdue (the GOP was cut): taken from the keyframe"
+    assert plan.align(now=10.0, next_sample=10.4) == 10.5, "just sampled: the next one a period after it"
+    assert not plan.trim(next_sample=10.5, key_at=10.0) and plan.trim(next_sample=10.75, key_at=10.0)
+    assert not plan.trim(next_sample=10.75, key_at=None), "no keyframe seen yet"
 
 
 def test_the_keyframe_nearest_each_due_sample_is_taken() -> None:
