@@ -216,7 +216,7 @@ chaos: setup system-deps ## Long reliability runs (docs/reliability.md): 50 came
 bench: setup ## Benchmark: in-process ORT vs Triton gRPC vs the gateway; table + JSON in bench/results/
 	$(PY) -m bench
 
-bench-streams: setup system-deps ## Stream density per reader (opencv, pyav all/keyframes, naive) at 1 and 2 fps; table, JSON, PNG (BENCH_STREAMS_ARGS=--quick)
+bench-streams: setup system-deps ## Stream density per reader (opencv, pyav all/gop/keyframes, naive) at 1 and 2 fps; table, JSON, PNG (BENCH_STREAMS_ARGS=--quick)
 	$(PY) -m bench.stream_density $(BENCH_STREAMS_ARGS)
 
 bench-capture: setup system-deps ## Capture overhead: N RTSP streams, capture off vs local vs S3 (moto); table + JSON

@@ -12,7 +12,10 @@ keyframes come in 16 phases, as cameras' do).  Arms, each on a fresh server, in 
 - ``reader``: the gateway's ``PyAvReader`` at 1 fps (keyframe mode: demux, and one
   keyframe a second decoded, converted and published), no gateway around it, reading
   between keyframes in bursts (``ingest.burst_kib``, the default);
-- ``reader-each``: the same reader waking for each frame as it arrives (``burst_kib: 0``).
+- ``reader-each``: the same reader waking for each frame as it arrives (``burst_kib: 0``);
+- ``reader-2fps``: the reader at 2 fps on ``auto``: all-frames mode, each GOP decoded
+  only up to its last sample (two samples converted a second);
+- ``reader-2fps-all``: the same with ``decode: all``: every frame decoded.
 
 Each arm runs at every ``--kbps`` (the encoder's bitrate cap; ``--pattern snow`` fills
 it, the default ball needs ~140 kbit/s).  ``--processes K`` spreads the N streams over
@@ -35,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import av
 
@@ -46,6 +50,13 @@ OPTIONS = {"analyzeduration": "0", "probesize": "32", "timeout": "5000000"}
 CAMERA_FPS = 25
 MOUNTS = 16  # --rig phased: mount points, each shared from when its first client joined
 STAGGER_S = 0.05  # clients join one at a time: the shared test session does not like a stampede
+WARMUP_S = 3.5  # before measuring: at 2 fps, three keyframes show a regular GOP, which the reader then cuts
+READERS: dict[str, tuple[float, Literal["auto", "all"], int]] = {  # arm -> sample_fps, decode, burst_kib
+    "reader": (1, "auto", ReaderConfig.burst_kib),
+    "reader-each": (1, "auto", 0),
+    "reader-2fps": (2, "auto", ReaderConfig.burst_kib),
+    "reader-2fps-all": (2, "all", ReaderConfig.burst_kib),
+}
 
 
 class Load:
@@ -58,9 +69,11 @@ class Load:
         self.threads: list[threading.Thread] = []
         for i in range(streams):
             url = urls[i % len(urls)]
-            if arm in ("reader", "reader-each"):
-                burst = ReaderConfig.burst_kib if arm == "reader" else 0
-                cfg = ReaderConfig(sample_fps=1, width=640, height=360, rtsp_transport=transport, burst_kib=burst)
+            if arm in READERS:
+                fps, decode, burst = READERS[arm]
+                cfg = ReaderConfig(
+                    sample_fps=fps, width=640, height=360, rtsp_transport=transport, burst_kib=burst, decode=decode
+                )
                 self.readers.append(PyAvReader(f"s{i}", parse_source(url), cfg))
                 self.readers[-1].start()
             else:
@@ -108,7 +121,7 @@ def measure(urls: list[str], arm: str, streams: int, *, seconds: float, transpor
         return _measure_processes(urls, arm, streams, seconds=seconds, transport=transport, processes=processes)
     load = Load(urls, arm, streams, transport)
     try:
-        time.sleep(2.0)
+        time.sleep(WARMUP_S)
         (c0, b0), r0, t0 = load.packets(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         time.sleep(seconds)
         (c1, b1), r1, t1 = load.packets(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -132,7 +145,7 @@ def _measure_processes(
             assert c.stdout is not None
             if c.stdout.readline().strip() != "ready":
                 raise RuntimeError("a reader process did not start")
-        time.sleep(2.0)
+        time.sleep(WARMUP_S)
         c0, t0 = sum(_cpu_s(c.pid) for c in children), time.monotonic()
         time.sleep(seconds)
         c1, t1 = sum(_cpu_s(c.pid) for c in children), time.monotonic()
@@ -170,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rtsp_demux", description=__doc__)
     p.add_argument("--streams", type=int, default=32, help="RTSP clients (default: %(default)s)")
     p.add_argument(
-        "--arms", default="interrupt,socket", help="interrupt, socket, reader, reader-each (default: %(default)s)"
+        "--arms",
+        default="interrupt,socket",
+        help="interrupt, socket, reader, reader-each, reader-2fps, reader-2fps-all (default: %(default)s)",
     )
     p.add_argument("--rig", default="live", choices=("live", "phased"), help="what the server sends (default: live)")
     p.add_argument("--transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (default: tcp)")
