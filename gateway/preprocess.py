@@ -5,7 +5,9 @@ upload or a stream frame into the batch a model's metadata asks for.
 ``classifier_input`` reproduces ``MobileNet_V3_Small_Weights.IMAGENET1K_V1.transforms()``
 on a PIL image: resize the shorter side to 256 with PIL's bilinear filter (what
 torchvision's ``F.resize`` calls for PIL input), center-crop to the model's input
-size with torchvision's rounding, and hand back uint8 CHW.  The float steps
+size with torchvision's rounding, and hand back uint8 CHW.  It computes only the
+pixels the crop keeps, and ``frame_classifier_input`` reads only the columns of a
+frame that it needs: each pixel for pixel what the whole resize gives.  The float steps
 (x/255, minus mean, over std) run inside the exported graph, or in ``normalize``
 for models that take float32.  ``Geometry`` records how the tensor maps back to
 the client's image or the camera's frame, for boxes.  No torch here.
@@ -13,7 +15,9 @@ the client's image or the camera's frame, for boxes.  No torch here.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +31,7 @@ from gateway.inference.model import ModelInfo
 from gateway.schema import MAX_SIDE
 
 _PIL_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+MAX_CUT_WIDTH = 2048  # frame_columns: wider frames are not cut (the weights' check holds a width x width int32 array)
 _OTHER_IMAGES = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00", b"8BPS")
 
 
@@ -122,10 +127,75 @@ def classifier_input(image: Image.Image, *, resize_size: int, crop_hw: tuple[int
     if image.mode != "RGB":
         image = image.convert("RGB")
     size = resized_size(image.width, image.height, resize_size)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    cropped = image.crop(center_crop_box(image.width, image.height, crop_h, crop_w))
-    return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1))
+    return _chw(_resized_crop(image, size, center_crop_box(*size, crop_h, crop_w)))
+
+
+def frame_classifier_input(bgr: np.ndarray, *, resize_size: int, crop_hw: tuple[int, int]) -> np.ndarray:
+    """``classifier_input`` of a BGR frame, pixel for pixel, reading only the columns the crop
+    needs where PIL's filter weights say that changes nothing (``frame_columns``)."""
+    crop_h, crop_w = crop_hw
+    if resize_size < max(crop_h, crop_w):
+        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_h}x{crop_w}")
+    height, width = bgr.shape[:2]
+    size = resized_size(width, height, resize_size)
+    left, top, right, bottom = center_crop_box(*size, crop_h, crop_w)
+    start, stop, skipped = frame_columns(width, size[0], left, right)
+    image = Image.fromarray(cv2.cvtColor(bgr[:, start:stop], cv2.COLOR_BGR2RGB))
+    part_size = ((stop - start) * size[0] // width, size[1])
+    return _chw(_resized_crop(image, part_size, (left - skipped, top, right - skipped, bottom)))
+
+
+def _chw(image: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _resized_crop(image: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """``image.resize(size, BILINEAR).crop(box)``, pixel for pixel, computing only the columns
+    the crop keeps.  PIL resizes in two passes, each rounded to 8 bits: horizontal over every
+    row, then vertical, which treats each column on its own; so the columns the crop drops
+    are dropped between the passes (half of the vertical pass's work for a 16:9 frame)."""
+    left, top, right, bottom = box
+    if size[0] != image.width:
+        image = image.resize((size[0], image.height), Image.Resampling.BILINEAR)  # the horizontal pass only
+    image = image.crop((left, 0, right, image.height))
+    if size[1] != image.height:
+        image = image.resize((image.width, size[1]), Image.Resampling.BILINEAR)  # the vertical pass only
+    return image.crop((0, top, image.width, bottom))
+
+
+@functools.lru_cache(maxsize=16)
+def frame_columns(width: int, resized: int, left: int, right: int) -> tuple[int, int, int]:
+    """The input columns ``[start, stop)`` that a horizontal bilinear pass from ``width`` to
+    ``resized`` columns needs for its output columns ``[left, right)``, and how many output
+    columns fall left of ``start`` (``skipped``).  Columns are cut in whole units of
+    ``width / resized`` in lowest terms (640 -> 455: 128 -> 91), so the cut pass has the same
+    scale and its filter centers fall on the same source positions.  Whether PIL's weights
+    then come out the same to the last bit (it computes the centers afresh, in floating
+    point) is asked of PIL itself (``_weights``), once per geometry.  ``(0, width, 0)`` where
+    no cut is both possible and exact."""
+    unit = math.gcd(width, resized)
+    unit_in, unit_out = width // unit, resized // unit
+    cut_left, cut_right = left // unit_out, (resized - right) // unit_out
+    if width > MAX_CUT_WIDTH or not (cut_left or cut_right):
+        return 0, width, 0
+    full = _weights(width, resized)[:, left:right]
+    while cut_left or cut_right:
+        start, stop, skipped = cut_left * unit_in, width - cut_right * unit_in, cut_left * unit_out
+        part = _weights(stop - start, resized - (cut_left + cut_right) * unit_out)[:, left - skipped : right - skipped]
+        outside = np.concatenate([full[:start], full[stop:]])
+        if not outside.any() and np.array_equal(full[start:stop], part):
+            return start, stop, skipped
+        cut_left, cut_right = max(0, cut_left - 1), max(0, cut_right - 1)  # nearer the edges: wider margins
+    return 0, width, 0
+
+
+def _weights(width: int, resized: int) -> np.ndarray:
+    """PIL's fixed-point weights of a horizontal bilinear pass from ``width`` to ``resized``
+    columns, from PIL itself: row ``i`` holds input column ``i``'s weight in each output
+    column.  A 32-bit ("I") image's pass keeps PIL's weights unrounded, and on an impulse of
+    2**22 it rounds them just as the 8-bit pass turns them into fixed point (22 bits)."""
+    impulses = np.eye(width, dtype=np.int32) * np.int32(1 << 22)
+    return np.asarray(Image.fromarray(impulses).resize((resized, width), Image.Resampling.BILINEAR))
 
 
 def normalize(chw: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
@@ -173,8 +243,12 @@ def prepare_image(
         chw, sx, sy = letterbox(np.asarray(image), width, height)
         return chw[np.newaxis], Geometry(sx, sy, image.width, image.height)
     chw = classifier_input(image, resize_size=pre.resize_size, crop_hw=info.crop_hw)
+    return _classifier_batch(chw, info, pre), Geometry(1.0, 1.0, image.width, image.height)
+
+
+def _classifier_batch(chw: np.ndarray, info: ModelInfo, pre: PreprocessSettings) -> np.ndarray:
     x = chw if info.input_datatype == "UINT8" else normalize(chw, pre.mean, pre.std).astype(info.input_dtype)
-    return x[np.newaxis], Geometry(1.0, 1.0, image.width, image.height)
+    return x[np.newaxis]
 
 
 def prepare_frame(
@@ -182,12 +256,12 @@ def prepare_frame(
 ) -> tuple[np.ndarray, Geometry]:
     """A decoded stream frame (H x W x 3 BGR, resized by ingest from ``source_size``,
     (0, 0) if unknown) → the batch, and the geometry back to the camera's own size."""
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    fh, fw = rgb.shape[:2]
+    fh, fw = bgr.shape[:2]
     sw, sh = source_size if min(source_size) > 0 else (fw, fh)
     if info.task != "detection":
-        x, _ = prepare_image(Image.fromarray(rgb), info, pre, (fw, fh))
-        return x, Geometry(fw / sw, fh / sh, sw, sh)
+        chw = frame_classifier_input(bgr, resize_size=pre.resize_size, crop_hw=info.crop_hw)
+        return _classifier_batch(chw, info, pre), Geometry(fw / sw, fh / sh, sw, sh)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     fixed = info.fixed_size
     if fixed is not None and fixed != (fw, fh):  # a fixed-size model: fit the frame into it
         chw, sx, sy = letterbox(rgb, *fixed)

@@ -11,7 +11,16 @@ from PIL import Image
 from torchvision.models import MobileNet_V3_Small_Weights
 
 from gateway.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
-from gateway.preprocess import classifier_input, decode_image, normalize, resized_size, sniff
+from gateway.preprocess import (
+    center_crop_box,
+    classifier_input,
+    decode_image,
+    frame_classifier_input,
+    frame_columns,
+    normalize,
+    resized_size,
+    sniff,
+)
 from harness.helpers import encode, scene
 
 ALL = ("image/jpeg", "image/png", "image/webp")
@@ -39,6 +48,52 @@ def test_matches_torchvision_preset(fmt: str, width: int, height: int) -> None:
     assert ours.shape == want.shape == (3, 224, 224)
     mad = float(np.abs(ours - want).mean())
     assert mad <= 1 / 255, f"{fmt} {width}x{height}: mean abs diff {mad:.5f} > 1/255 after normalization"
+
+
+FRAMES = [(640, 360), (1280, 720), (1920, 1080), (704, 576), (640, 480), (100, 80), (455, 256), (360, 640)]
+
+
+def whole_resize(rgb: np.ndarray) -> np.ndarray:
+    """torchvision's Resize(256) + CenterCrop(224) on PIL, the plain way: every pixel resized."""
+    image = Image.fromarray(rgb)
+    size = resized_size(image.width, image.height, 256)
+    cropped = image.resize(size, Image.Resampling.BILINEAR).crop(center_crop_box(*size, 224, 224))
+    return np.asarray(cropped).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(("width", "height"), FRAMES)
+def test_a_frame_is_preprocessed_pixel_for_pixel_as_the_whole_resize(width: int, height: int) -> None:
+    rng = np.random.default_rng(width * height)
+    frames = [np.asarray(scene(width, height, seed=i))[:, :, ::-1] for i in range(3)]  # BGR, as ingest gives
+    frames += [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]  # every edge a hard one
+    for bgr in frames:
+        # given a frame, when it is preprocessed reading only the columns the crop needs
+        ours = frame_classifier_input(np.ascontiguousarray(bgr), resize_size=256, crop_hw=(224, 224))
+        # then every pixel is the whole resize's, and the upload path's
+        want = whole_resize(np.ascontiguousarray(bgr[:, :, ::-1]))
+        assert np.array_equal(ours, want), f"{width}x{height}: {(ours != want).sum()} values differ"
+        upload = classifier_input(Image.fromarray(bgr[:, :, ::-1]), resize_size=256, crop_hw=(224, 224))
+        assert np.array_equal(upload, want)
+
+
+def test_a_16_9_frame_is_read_from_its_middle_columns_only() -> None:
+    # 640 -> 455 columns is 128 -> 91 five times: the crop's columns 116..340 need 128..512 of 640
+    assert frame_columns(640, 455, 116, 340) == (128, 512, 91)
+    assert frame_columns(1920, 455, 116, 340) == (384, 1536, 91)
+    assert frame_columns(640, 341, 58, 282) == (0, 640, 0), "640 -> 341 has no smaller unit: nothing is cut"
+
+
+def test_a_cut_whose_margin_changes_the_weights_is_not_taken() -> None:
+    # given output columns that start right at a unit's edge (91 of 455), whose filter reaches
+    # input column 127, left of the first unit (128)
+    start, stop, skipped = frame_columns(640, 455, 91, 315)
+    # then the cut keeps that column, and the cut pass still gives the whole pass's pixels
+    assert start < 128
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 640, 3), dtype=np.uint8)
+    whole = np.asarray(Image.fromarray(rgb).resize((455, 8), Image.Resampling.BILINEAR))[:, 91:315]
+    cut = Image.fromarray(np.ascontiguousarray(rgb[:, start:stop]))
+    part = np.asarray(cut.resize(((stop - start) * 455 // 640, 8), Image.Resampling.BILINEAR))
+    assert np.array_equal(part[:, 91 - skipped : 315 - skipped], whole)
 
 
 def test_uint8_output_layout() -> None:
