@@ -47,7 +47,6 @@ import numpy as np
 from av.container import InputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import VideoFrame
-from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from gateway.ingest.reader import ReaderConfig, StreamReader, next_due
@@ -235,7 +234,7 @@ class PyAvReader(StreamReader):
             r.next_sample = next_due(r.next_sample, now, r.plan.period)
             source_at, clock = r.clock.capture_time(r.since_first(frame.time, media), wall, r.realtime_origin())
             size = (frame.width, frame.height)
-            image = self._image(r.reformatter, frame)
+            image = self._image(frame)
             if not self._publish(image, now, wall, gen, source_size=size, source_at=source_at, clock=clock):
                 return False
         return True
@@ -256,13 +255,12 @@ class PyAvReader(StreamReader):
             return [], True
         return [f for f in frames if isinstance(f, VideoFrame)], flushed
 
-    def _image(self, reformatter: VideoReformatter, frame: VideoFrame) -> np.ndarray:
-        """BGR at the configured size, converted and resized in one swscale pass, by the pass's
-        own reformatter (a frame's own builds a swscale context each time: 0.35 ms a 640x360
-        frame against 0.21)."""
+    def _image(self, frame: VideoFrame) -> np.ndarray:
+        """BGR at the configured size, converted and resized in one swscale pass."""
         c = self.config
-        bgr = reformatter.reformat(frame, width=c.width, height=c.height, format="bgr24", interpolation="AREA")
-        return bgr.to_ndarray()
+        if frame.width == c.width and frame.height == c.height:
+            return frame.to_ndarray(format="bgr24")
+        return frame.reformat(width=c.width, height=c.height, format="bgr24", interpolation="AREA").to_ndarray()
 
 
 class _Pictures:
@@ -330,7 +328,6 @@ class _Pass:
         self.clock = SourceClock(stream_id)
         self.packets = container.demux(self.stream)
         self.pictures = _Pictures(stream_id)
-        self.reformatter = VideoReformatter()  # swscale's context, kept from frame to frame
         self.next_sample = time.monotonic()
         self.key_at: float | None = None  # when the last keyframe arrived (monotonic)
         self.got_any = False
