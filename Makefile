@@ -228,6 +228,9 @@ bench-viewer: setup system-deps ## The viewer's cost: gateway CPU with 10 Chromi
 bench-cluster: setup system-deps ## Cluster mode's cost: 1, 2, 3 gateways + Redis vs one gateway, same streams; table + JSON
 	$(PY) -m bench.cluster_scale
 
+bench-frame: setup ## Preprocessing a sampled frame (the crop's pixels only) against the whole resize, side by side
+	$(PY) -m bench.frame_cost
+
 bench-detector: setup ## Detector: Triton gRPC at concurrency 1,4,8 vs eager torchvision and ORT in process; table + JSON
 	$(PY) -m bench.detector
 
@@ -237,4 +240,4 @@ clean: ## Remove build output (keeps the environments)
 distclean: clean ## Remove build output and the environments
 	rm -rf $(VENV) $(TVENV) $(NVENV) $(DVENV) *.egg-info
 
-.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-detector bench-capture bench-viewer bench-cluster clean distclean
+.PHONY: help setup system-deps deploy-tools model export export-ngc ngc-env lock audit run triton gateway lint fmt typecheck test-unit test-integration test fuzz chaos bench bench-streams bench-frame bench-detector bench-capture bench-viewer bench-cluster clean distclean
