@@ -30,6 +30,7 @@ class DensityLevel:
     clocks: dict[str, int] = field(default_factory=dict)  # events per clock (rtcp, pts, reader)
     decode: dict[str, int] = field(default_factory=dict)  # streams per decode mode (GET /streams)
     decoded_fps: float | None = None  # frames decoded per second per stream (GET /streams)
+    unstarted: dict[str, int] = field(default_factory=dict)  # streams with no decode mode yet: per state, reconnects
     # gateway arms: p50 and p95 of each part of an event's age (its latency_ms, and delivery: receive -
     # captured_at - total), ms: where the tail comes from
     parts: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)

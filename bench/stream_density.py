@@ -251,6 +251,9 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
     lv.source_age_p50_ms, lv.source_age_p95_ms = _pct(source, 50), _pct(source, 95)
     lv.clocks = dict(Counter(e.clock for e in inside))
     lv.decode = dict(Counter(str(r.get("decode")) for r in after.values()))
+    lv.unstarted = dict(  # a reader that never opened its camera: the rig's fault, or the reader's?
+        Counter(f"{r['state']}, {r['reconnects']} reconnects" for r in after.values() if r.get("decode") is None)
+    )
     decoded = [r["frames_decoded"] - before[s]["frames_decoded"] for s, r in after.items() if s in before]
     lv.decoded_fps = round(sum(decoded) / max(1, len(decoded)) / seconds, 2) if decoded else None
     for part in ("wait", "queue", "preprocess", "batch", "inference"):
@@ -526,6 +529,8 @@ def _series(rig: Rig, arm: Arm, rate: float, args: argparse.Namespace, report: R
             print(parts_row(lv), flush=True)
             if arm.keyframes and lv.decode.get("keyframes", 0) < n:
                 report.notes.append(f"{arm.name} N={n} at {rate:g} fps: decode modes {lv.decode}")
+            if lv.unstarted:
+                print(f"    streams without a decode mode (state, reconnects): {lv.unstarted}", flush=True)
             if not lv.sustained:
                 return
 
