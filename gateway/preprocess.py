@@ -31,8 +31,8 @@ from gateway.inference.model import ModelInfo
 from gateway.schema import MAX_SIDE
 
 _PIL_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
-MAX_CUT_WIDTH = 2048  # frame_columns: wider frames are not cut (the weights' check holds a width x width int32 array)
 _OTHER_IMAGES = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00", b"8BPS")
+MAX_CUT_WIDTH = 2048  # frame_columns: wider frames are not cut (the weights' check holds a width x width int32 array)
 
 
 def sniff(head: bytes) -> str | None:
@@ -121,28 +121,32 @@ def center_crop_box(width: int, height: int, crop_h: int, crop_w: int) -> tuple[
 
 def classifier_input(image: Image.Image, *, resize_size: int, crop_hw: tuple[int, int]) -> np.ndarray:
     """RGB image → resized, center-cropped ``[3, H, W]`` uint8, as torchvision's preset does it."""
-    crop_h, crop_w = crop_hw
-    if resize_size < max(crop_h, crop_w):
-        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_h}x{crop_w}")
+    size, box = _resize_and_crop(image.width, image.height, resize_size, crop_hw)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    size = resized_size(image.width, image.height, resize_size)
-    return _chw(_resized_crop(image, size, center_crop_box(*size, crop_h, crop_w)))
+    return _chw(_resized_crop(image, size, box))
 
 
 def frame_classifier_input(bgr: np.ndarray, *, resize_size: int, crop_hw: tuple[int, int]) -> np.ndarray:
     """``classifier_input`` of a BGR frame, pixel for pixel, reading only the columns the crop
     needs where PIL's filter weights say that changes nothing (``frame_columns``)."""
-    crop_h, crop_w = crop_hw
-    if resize_size < max(crop_h, crop_w):
-        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_h}x{crop_w}")
     height, width = bgr.shape[:2]
-    size = resized_size(width, height, resize_size)
-    left, top, right, bottom = center_crop_box(*size, crop_h, crop_w)
+    size, (left, top, right, bottom) = _resize_and_crop(width, height, resize_size, crop_hw)
     start, stop, skipped = frame_columns(width, size[0], left, right)
     image = Image.fromarray(cv2.cvtColor(bgr[:, start:stop], cv2.COLOR_BGR2RGB))
     part_size = ((stop - start) * size[0] // width, size[1])
     return _chw(_resized_crop(image, part_size, (left - skipped, top, right - skipped, bottom)))
+
+
+def _resize_and_crop(
+    width: int, height: int, resize_size: int, crop_hw: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The preset's resized size, and its center crop in it as a PIL box."""
+    crop_h, crop_w = crop_hw
+    if resize_size < max(crop_h, crop_w):
+        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_h}x{crop_w}")
+    size = resized_size(width, height, resize_size)
+    return size, center_crop_box(*size, crop_h, crop_w)
 
 
 def _chw(image: Image.Image) -> np.ndarray:
