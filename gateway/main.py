@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from gateway.api import draining, errors, openapi
 from gateway.api.admission import Admission
 from gateway.api.auth import API_KEY_HEADER, REDACT_TOKENS, Authenticator
+from gateway.api.hot_route import HotRoute
 from gateway.api.routes import auth as auth_routes
 from gateway.api.routes import cluster as cluster_routes
 from gateway.api.routes import health, predict, viewer
@@ -142,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    # innermost: an admitted POST /predict goes straight to its endpoint
+    app.add_middleware(HotRoute, owner=app, method="POST", path="/predict", endpoint=predict.predict)
     app.add_middleware(Admission, settings=settings.admission, metrics=metrics)
     app.add_middleware(PredictTimer, metrics=metrics)  # outermost: refused requests are timed too
     if settings.cors_origins:

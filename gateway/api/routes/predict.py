@@ -7,7 +7,8 @@ the form fields, documented from one table), the key is checked by ``check_key``
 same guard as ``KEY_REQUIRED``, its security declared in the document by hand) and the
 lifespan's objects are read from the app's state, not solved as dependencies, and the
 answer is serialized once by pydantic, not validated again by FastAPI
-(``response_model`` still documents it).
+(``response_model`` still documents it).  An admitted request reaches this function
+past Starlette's router and FastAPI's route wrappers, from ``HotRoute`` (hot_route.py).
 """
 
 from __future__ import annotations
@@ -125,10 +126,10 @@ async def predict(request: Request) -> Response:
     t0 = time.perf_counter()
     await check_key(request)  # before the upload is read
     settings: Settings = request.app.state.settings
-    predictor: Predictor = request.app.state.predictor
     query = _options(request.query_params, _query_error)  # 422 before the upload is read
     upload = await read_image_upload(request, max_bytes=settings.upload.max_bytes)
     options = {**_options(upload.fields, _form_error), **query} if upload.fields else query
+    predictor: Predictor = request.app.state.predictor
     out = await predictor.predict(
         upload.data,
         model=options.get("model"),
