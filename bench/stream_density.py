@@ -252,7 +252,11 @@ def gateway_level(gw: GatewayProcess, rig: Rig, *, arm: str, n: int, rate: float
     lv.clocks = dict(Counter(e.clock for e in inside))
     lv.decode = dict(Counter(str(r.get("decode")) for r in after.values()))
     lv.unstarted = dict(  # a reader that never opened its camera: the rig's fault, or the reader's?
-        Counter(f"{r['state']}, {r['reconnects']} reconnects" for r in after.values() if r.get("decode") is None)
+        Counter(
+            f"{r['state']}, {r['reconnects']} reconnects, last error: {r.get('last_error')}"
+            for r in after.values()
+            if r.get("decode") is None
+        )
     )
     decoded = [r["frames_decoded"] - before[s]["frames_decoded"] for s, r in after.items() if s in before]
     lv.decoded_fps = round(sum(decoded) / max(1, len(decoded)) / seconds, 2) if decoded else None
@@ -530,7 +534,7 @@ def _series(rig: Rig, arm: Arm, rate: float, args: argparse.Namespace, report: R
             if arm.keyframes and lv.decode.get("keyframes", 0) < n:
                 report.notes.append(f"{arm.name} N={n} at {rate:g} fps: decode modes {lv.decode}")
             if lv.unstarted:
-                print(f"    streams without a decode mode (state, reconnects): {lv.unstarted}", flush=True)
+                print(f"    streams without a decode mode (state, reconnects, error): {lv.unstarted}", flush=True)
             if not lv.sustained:
                 return
 

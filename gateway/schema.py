@@ -325,6 +325,12 @@ class StreamInfo(Contract):
     hwaccel: str | None = Field(
         None, max_length=32, description="The hardware decoder in use (ingest.hwaccel), null for software."
     )
+    last_error: str | None = Field(
+        None,
+        max_length=1000,
+        description="Why the source last failed: the reader's reason and, where it gave one, FFmpeg's message "
+        "(credentials masked); null until it has failed.  It stays after the stream recovers.",
+    )
     codec: str | None = Field(
         None,
         max_length=32,

@@ -76,13 +76,14 @@ class PyAvReader(StreamReader):
         try:
             container = self._container(location, fmt, options, hw)
         except (av.FFmpegError, OSError) as e:
+            self._detail = redact_text(str(e))
             if hw is None:
-                log.info("stream %s: cannot open %s: %s", self.stream_id, self.spec.display, redact_text(str(e)))
+                log.info("stream %s: cannot open %s: %s", self.stream_id, self.spec.display, self._detail)
                 return None
             try:  # the device, or the source?  Try the source in software.
                 container = self._container(location, fmt, options, None)
             except (av.FFmpegError, OSError):
-                log.info("stream %s: cannot open %s: %s", self.stream_id, self.spec.display, redact_text(str(e)))
+                log.info("stream %s: cannot open %s: %s", self.stream_id, self.spec.display, self._detail)
                 return None
             self._hw_broken = True
             log.warning(
@@ -163,7 +164,8 @@ class PyAvReader(StreamReader):
         except (av.TimeoutError, av.ExitError):  # the socket timeout: silent for read_timeout_s
             return self._silent_failure(r.got_any, time.monotonic() - asked, gen)
         except (av.FFmpegError, OSError) as e:
-            log.info("stream %s: read failed: %s", self.stream_id, redact_text(str(e)))
+            self._detail = f"read failed: {redact_text(str(e))}"
+            log.info("stream %s: %s", self.stream_id, self._detail)
             packet = None
         r.read_at = time.monotonic()
         r.waited = r.read_at - asked

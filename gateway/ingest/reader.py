@@ -52,6 +52,7 @@ DecodeSetting: TypeAlias = Literal["auto", "keyframes", "all"]
 Clock: TypeAlias = Literal["rtcp", "pts", "reader"]
 STALL_FRACTION = 0.8  # a failed read after this fraction of read_timeout_s of silence is a stall, not a drop
 _REASONS = {"stalled": "no frames", "dropped": "source closed", "empty": "no frames", "unopened": "could not open"}
+MAX_ERROR_CHARS = 1000
 
 
 def next_due(due: float, now: float, period: float) -> float:
@@ -151,6 +152,7 @@ class ReaderStats:
     naps: int = 0  # PyAV, keyframe mode: sleeps between keyframes (the frames between read in one burst after)
     napped_s: float = 0.0  # and how long they lasted in all
     codec: str | None = None  # the video codec, FFmpeg's name (h264, hevc, mjpeg, ...); None until opened
+    last_error: str | None = None  # why the source last failed, credentials masked; None until it has
     last_read_mono: float | None = None  # the last frame the source delivered, sampled or not
     state_changes: Counter[StreamState] = field(default_factory=Counter)
     _samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -193,6 +195,7 @@ class StreamReader(abc.ABC):
         self.spec = spec
         self.config = config
         self.stats = ReaderStats()
+        self._detail = ""  # the backend's own words on this attempt's failure (FFmpeg's message), masked
         self._on_state = on_state
         self._on_frame = on_frame
         self._prepare = prepare
@@ -273,6 +276,7 @@ class StreamReader(abc.ABC):
             self._thread = self._new_thread()
             self._thread.start()
         log.warning("stream %s: restarting the reader (%s)", self.stream_id, reason)
+        self.stats.last_error = f"restarted: {reason}"[:MAX_ERROR_CHARS]
         return True
 
     # --- thread --------------------------------------------------------------------
@@ -351,6 +355,7 @@ class StreamReader(abc.ABC):
     def _loop(self, gen: int) -> None:
         attempt = 0
         while self._current(gen):
+            self._detail = ""
             handle = self._open()
             if not self._current(gen):
                 if handle is not None:
@@ -364,6 +369,7 @@ class StreamReader(abc.ABC):
                 return
             attempt = 1 if outcome in ("dropped", "stalled") else attempt + 1  # frames came: count afresh
             reason = _REASONS[outcome]
+            self.stats.last_error = (f"{reason}: {self._detail}" if self._detail else reason)[:MAX_ERROR_CHARS]
             gave_up = self.config.max_retries is not None and attempt > self.config.max_retries
             if gave_up:
                 self._set_state(
@@ -397,6 +403,7 @@ class StreamReader(abc.ABC):
         timeout of silence, else a drop (or "empty" before any frame)."""
         if got_any and waited >= STALL_FRACTION * self.config.read_timeout_s:
             self._set_state(StreamState.STALLED, f"no frame for {self.config.read_timeout_s:g}s", gen=gen)
+            self._detail = self._detail or f"silent for {waited:.1f}s"
             return "stalled"
         return "dropped" if got_any else "empty"
 

@@ -283,6 +283,7 @@ class StreamWorker:
             decode_switches=stats.mode_switches if stats else 0,
             clock=stats.clock if stats else "reader",
             hwaccel=stats.hwaccel if stats else None,
+            last_error=stats.last_error if stats else None,
             codec=stats.codec if stats else None,
             naps=stats.naps if stats else 0,
             napped_s=round(stats.napped_s, 3) if stats else 0.0,

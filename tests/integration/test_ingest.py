@@ -155,6 +155,24 @@ def test_killed_server_reconnects_and_recovers(backend: Backend, rtsp: RtspServe
         reader.join(10)
 
 
+def test_a_source_that_cannot_be_opened_says_why_without_its_credentials(backend: Backend) -> None:
+    port = free_port()  # nothing listens there
+    reader, rec = reader_for(backend, f"rtsp://admin:s3cret-pass@127.0.0.1:{port}/cam")
+    assert reader.stats.last_error is None
+    reader.start()
+    try:
+        wait_until(lambda: reader.stats.reconnects >= 2, 15, what="two failed opens")
+        error = reader.stats.last_error or ""
+        assert error.startswith("could not open"), error
+        assert "s3cret-pass" not in error, error  # masked as in GET /streams' url: admin:***@
+        if backend == "pyav":  # FFmpeg's own words; OpenCV's open only says it failed
+            assert "refused" in error.lower(), error
+        assert StreamState.RUNNING not in rec.states()
+    finally:
+        reader.stop()
+        reader.join(10)
+
+
 def test_frozen_server_is_detected_within_the_read_timeout(backend: Backend, rtsp: RtspServer) -> None:
     reader, rec = reader_for(backend, rtsp.url)
     reader.start()
@@ -170,6 +188,7 @@ def test_frozen_server_is_detected_within_the_read_timeout(backend: Backend, rts
             rtsp.thaw()
         assert detected < FAST.read_timeout_s + 2.5, f"a frozen source took {detected:.1f}s to detect"
         assert rec.states()[-2:] == [StreamState.STALLED, StreamState.RECONNECTING], "silent, not closed"
+        assert (reader.stats.last_error or "").startswith("no frames"), reader.stats.last_error
         wait_until(lambda: reader.state is StreamState.RUNNING, 20, what="running after SIGCONT")
     finally:
         reader.stop()
