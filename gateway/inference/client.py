@@ -90,7 +90,7 @@ class _Attempts:
         self.name, self.what = name, f"inference on {name}"
         self.timeout = self._full = client._settings.request_timeout_s
         self._deadline = clock() + self._full
-        self._crash_retries = self._crash_tries = max(2, instances)
+        self._crash_retries = self._crash_tries = max(3, instances + 1)  # see docs/reliability.md, section 2
         self._endpoint_tries = min(client.endpoints, MAX_ENDPOINT_RETRIES) if client.endpoints > 1 else 0
         self._endpoint_retries = self._endpoint_tries
         self._retired = False

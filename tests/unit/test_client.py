@@ -70,11 +70,11 @@ def test_a_crashed_instance_is_retried_once_and_the_retry_answers(infer: Infer) 
 
 
 def test_a_crash_on_every_try_means_the_model_is_degraded(infer: Infer) -> None:
-    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, "never")
+    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded) as e:
         infer(client)
     assert e.value.status == 503 and e.value.code == "model_degraded"
-    assert grpc.infer.await_count == 3, "retried twice at least, not more"
+    assert grpc.infer.await_count == 4, "retried three times at least, not more"
 
 
 def test_other_failures_are_not_retried(infer: Infer) -> None:
@@ -85,14 +85,14 @@ def test_other_failures_are_not_retried(infer: Infer) -> None:
     assert grpc.infer.await_count == 1 and retries == []
 
 
-def test_with_three_instances_a_crash_is_retried_once_per_instance(infer: Infer) -> None:
-    client, grpc, retries = client_answering(CRASHED, CRASHED, CRASHED, "answer")
+def test_with_three_instances_a_crash_is_retried_once_per_instance_and_once_more(infer: Infer) -> None:
+    client, grpc, retries = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, "answer")
     assert infer(client, instances=3) == "answer"
-    assert len(retries) == 3
-    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, "never")
+    assert len(retries) == 4
+    client, grpc, _ = client_answering(CRASHED, CRASHED, CRASHED, CRASHED, CRASHED, "never")
     with pytest.raises(ModelDegraded):
         infer(client, instances=3)
-    assert grpc.infer.await_count == 4
+    assert grpc.infer.await_count == 5
 
 
 def test_each_crash_retry_waits_longer_than_the_last() -> None:
@@ -100,7 +100,7 @@ def test_each_crash_retry_waits_longer_than_the_last() -> None:
     # four times as long as the one before (jittered down by half at most), never more than the cap
     tries = _Attempts(TritonClient(TritonSettings()), "mobilenet_v3_small", 4, lambda: 0.0)
     crashed = InferenceFailed("Stub process 'mobilenet_v3_small_0_1' is not healthy.")
-    pauses = [tries.after(crashed) or 0.0 for _ in range(4)]
+    pauses = [tries.after(crashed) or 0.0 for _ in range(5)]
     for i, pause in enumerate(pauses):
         full = min(CRASH_PAUSE_MAX_S, CRASH_PAUSE_S * 4**i)
         assert full / 2 <= pause <= full, f"retry {i + 1} waited {pause}"
