@@ -45,8 +45,8 @@ def thread_cpu_s(pid: int, tid: int) -> float:
 def turn(
     checkout: Path, work: Path, grpc_url: str, spec: triton_load.ModelSpec, args: argparse.Namespace
 ) -> list[Sample]:
-    env = {"APP_TRITON__URL": grpc_url, "APP_PREPROCESS__WORKERS": "2", "APP_SERVER__LOG_LEVEL": "warning"}
-    gw = GatewayProcess(env, work / f"gateway-{checkout.name}.log", log_level="warning", access_log=False)
+    log = work / f"gateway-{checkout.name}.log"
+    gw = GatewayProcess(servers.gateway_env(grpc_url), log, log_level="warning", access_log=False)
     gw.cwd = checkout
     gw.start(ready_path="/health/ready")
     data = gateway_load.sample_jpeg()

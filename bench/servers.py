@@ -162,13 +162,17 @@ def triton(
         yield server
 
 
+def gateway_env(triton_grpc: str, workers: int = 2) -> dict[str, str]:
+    """A benchmark gateway's settings: this Triton, ``workers`` preprocess threads, quiet logs."""
+    return {"APP_TRITON__URL": triton_grpc, "APP_PREPROCESS__WORKERS": str(workers), "APP_SERVER__LOG_LEVEL": "warning"}
+
+
 @contextlib.contextmanager
 def gateway(
     triton_grpc: str, work_dir: Path, workers: int = 2, timeout: float = 60.0, extra_env: dict[str, str] | None = None
 ) -> Iterator[GatewayProcess]:
     """The real gateway (``harness.helpers.GatewayProcess``, access log off), ready."""
-    env = {"APP_TRITON__URL": triton_grpc, "APP_PREPROCESS__WORKERS": str(workers), "APP_SERVER__LOG_LEVEL": "warning"}
-    env.update(extra_env or {})
+    env = {**gateway_env(triton_grpc, workers), **(extra_env or {})}
     work_dir.mkdir(parents=True, exist_ok=True)
     with helpers.gateway(
         env,
